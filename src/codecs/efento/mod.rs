@@ -1,0 +1,1 @@
+//! Efento NB-IoT codec (filled by the codec work).

@@ -1,0 +1,3 @@
+//! Codecs: bytes in, typed documents out. No sockets, clocks or files here; the runtime hands them bytes.
+
+pub mod efento;

@@ -1,0 +1,4 @@
+//! Pipeline configuration.
+
+pub mod duration;
+pub use duration::HumanDuration;

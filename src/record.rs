@@ -1,0 +1,374 @@
+//! The record that flows through a pipeline, and its delivery token.
+//!
+//! A source makes a [`Record`] per frame it receives. Stages add to its `body` in place; every sink the
+//! record reaches serializes it once. The [`Delivery`] token travels with the record and tells the source,
+//! exactly once, whether every sink durably took it ([`Outcome::Delivered`]), whether it was rejected and
+//! parked in a dead-letter sink ([`Outcome::Rejected`]), or whether it could not be stored
+//! ([`Outcome::Failed`]). Only then may the source acknowledge the device or broker.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+use tokio::sync::oneshot;
+
+/// What a record holds once decoded. Sinks use it to pick a topic, a table or a layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Not decoded yet: only `raw` is meaningful.
+    Raw,
+    /// Time series readings (Efento `/m`).
+    Measurements,
+    /// Device self-description (Efento `/i`).
+    DeviceInfo,
+    /// Device configuration report (Efento `/c`).
+    Config,
+    /// Generic telemetry (EnOcean, MQTT payloads).
+    Telemetry,
+    /// Radio or link signal reports.
+    Signal,
+    /// Something that happened (teach-in, security errors, ...).
+    Event,
+    /// A rejected record on its way to a dead-letter sink; the body is the dead-letter envelope.
+    DeadLetter,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Raw => "raw",
+            Kind::Measurements => "measurements",
+            Kind::DeviceInfo => "device_info",
+            Kind::Config => "config",
+            Kind::Telemetry => "telemetry",
+            Kind::Signal => "signal",
+            Kind::Event => "event",
+            Kind::DeadLetter => "dead_letter",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Transport facts about where a frame came from. A source fills what it knows; the rest stays empty.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    /// The peer's address (CoAP client, websocket gateway, broker).
+    pub peer: Option<SocketAddr>,
+    /// Request path (CoAP Uri-Path joined with `/`) or topic.
+    pub path: Option<Arc<str>>,
+    /// What the source's configuration says arrives on that path (`measurements`, `device_info`, ...).
+    pub route: Option<Arc<str>>,
+    /// The gateway that relayed the frame, if any.
+    pub gateway: Option<Arc<str>>,
+    /// Received signal strength in dBm, if the transport reports it.
+    pub rssi: Option<i32>,
+    /// A device token carried in a transport option (Efento cloud token as a CoAP option).
+    pub token: Option<String>,
+}
+
+/// The unit of data in a pipeline (see DESIGN.md, "The record").
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Name of the source in pipeline.toml.
+    pub source: Arc<str>,
+    pub received_at: SystemTime,
+    pub origin: Origin,
+    /// The frame as received.
+    pub raw: Bytes,
+    /// Set by decode: Efento serial, EnOcean sender id, MQTT device id.
+    pub device: Option<String>,
+    pub kind: Kind,
+    /// The decoded document that sinks write.
+    pub body: Map<String, Value>,
+    pub delivery: Delivery,
+}
+
+impl Record {
+    /// A record as a source makes it: raw bytes, no body yet.
+    pub fn new(source: Arc<str>, origin: Origin, raw: Bytes, delivery: Delivery) -> Self {
+        Record {
+            source,
+            received_at: SystemTime::now(),
+            origin,
+            raw,
+            device: None,
+            kind: Kind::Raw,
+            body: Map::new(),
+            delivery,
+        }
+    }
+
+    /// Turns this record into a dead-letter record: the body becomes the dead-letter envelope
+    /// (error, stage, flow, source, time, raw bytes) and the delivery token remembers the rejection,
+    /// so the source answers "rejected" (CoAP 4.00) once the dead-letter sink has stored it.
+    pub fn into_dead_letter(mut self, flow: &str, stage: &str, error: &str) -> Record {
+        self.delivery.reject(error);
+        let mut body = Map::new();
+        body.insert("error".into(), Value::String(error.to_string()));
+        body.insert("stage".into(), Value::String(stage.to_string()));
+        body.insert("flow".into(), Value::String(flow.to_string()));
+        body.insert("source".into(), Value::String(self.source.to_string()));
+        if let Some(path) = &self.origin.path {
+            body.insert("path".into(), Value::String(path.to_string()));
+        }
+        if let Some(peer) = &self.origin.peer {
+            body.insert("peer".into(), Value::String(peer.to_string()));
+        }
+        if let Some(device) = &self.device {
+            body.insert("device".into(), Value::String(device.clone()));
+        }
+        body.insert(
+            "received_at".into(),
+            Value::String(rfc3339(self.received_at)),
+        );
+        body.insert("raw_hex".into(), Value::String(hex::encode(&self.raw)));
+        body.insert("raw_len".into(), Value::from(self.raw.len()));
+        self.body = body;
+        self.kind = Kind::DeadLetter;
+        self
+    }
+}
+
+/// RFC 3339 UTC with milliseconds, the way every document of the project prints times.
+pub fn rfc3339(t: SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// What the source of a record learns once every part of it is settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every sink it reached has durably taken it (or it was dropped on purpose, e.g. a duplicate).
+    Delivered { device: Option<String> },
+    /// A stage rejected it and the dead-letter sink stored it (or the flow has none and logged it).
+    Rejected {
+        reason: String,
+        device: Option<String>,
+    },
+    /// A sink could not store it, or it was lost before any sink took it. The sender should retry.
+    Failed { reason: String },
+}
+
+#[derive(Default)]
+struct State {
+    failed: Option<String>,
+    rejected: Option<String>,
+    device: Option<String>,
+    tx: Option<oneshot::Sender<Outcome>>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+}
+
+impl Drop for Shared {
+    // The last part of a record settled: tell the source.
+    fn drop(&mut self) {
+        let state = match self.state.get_mut() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(tx) = state.tx.take() {
+            let outcome = if let Some(reason) = state.failed.take() {
+                Outcome::Failed { reason }
+            } else if let Some(reason) = state.rejected.take() {
+                Outcome::Rejected {
+                    reason,
+                    device: state.device.take(),
+                }
+            } else {
+                Outcome::Delivered {
+                    device: state.device.take(),
+                }
+            };
+            let _ = tx.send(outcome);
+        }
+    }
+}
+
+/// A share of a record's delivery. Every clone is one part that must be settled, by
+/// [`Delivery::delivered`] or [`Delivery::failed`]; a part dropped unsettled counts as failed, so a
+/// record lost on the way can never look delivered. When the last part is settled, the source's
+/// [`DeliveryWatch`] gets the [`Outcome`].
+pub struct Delivery {
+    shared: Option<Arc<Shared>>,
+    settled: bool,
+}
+
+/// The source's end of a delivery token.
+pub type DeliveryWatch = oneshot::Receiver<Outcome>;
+
+impl Delivery {
+    /// A token whose outcome the source waits for.
+    pub fn new() -> (Delivery, DeliveryWatch) {
+        let (tx, rx) = oneshot::channel();
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                tx: Some(tx),
+                ..State::default()
+            }),
+        });
+        (
+            Delivery {
+                shared: Some(shared),
+                settled: false,
+            },
+            rx,
+        )
+    }
+
+    /// A token nobody waits for (e.g. a non-confirmable CoAP request, or tests).
+    pub fn detached() -> Delivery {
+        Delivery {
+            shared: None,
+            settled: false,
+        }
+    }
+
+    fn with_state(&self, f: impl FnOnce(&mut State)) {
+        if let Some(shared) = &self.shared {
+            let mut guard = match shared.state.lock() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            f(&mut guard);
+        }
+    }
+
+    /// This part was durably taken by its sink.
+    pub fn delivered(mut self) {
+        self.settled = true;
+    }
+
+    /// This part could not be stored; the whole record counts as failed.
+    pub fn failed(mut self, reason: impl Into<String>) {
+        self.settled = true;
+        let reason = reason.into();
+        self.with_state(|s| {
+            s.failed.get_or_insert(reason);
+        });
+    }
+
+    /// Marks the record as rejected (on its way to dead letter). It still needs to be settled.
+    pub fn reject(&self, reason: &str) {
+        self.with_state(|s| {
+            s.rejected.get_or_insert_with(|| reason.to_string());
+        });
+    }
+
+    /// Tells the source which device the record came from (known only after decode).
+    pub fn set_device(&self, device: &str) {
+        self.with_state(|s| {
+            if s.device.is_none() {
+                s.device = Some(device.to_string());
+            }
+        });
+    }
+
+    /// Whether a source waits for this token.
+    pub fn is_watched(&self) -> bool {
+        self.shared.is_some()
+    }
+}
+
+impl Clone for Delivery {
+    fn clone(&self) -> Self {
+        Delivery {
+            shared: self.shared.clone(),
+            settled: false,
+        }
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.with_state(|s| {
+                s.failed
+                    .get_or_insert_with(|| "dropped before a sink stored it".to_string());
+            });
+        }
+    }
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("watched", &self.shared.is_some())
+            .field("settled", &self.settled)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_parts_delivered_gives_delivered() {
+        let (d, mut rx) = Delivery::new();
+        let d2 = d.clone();
+        d.set_device("282C024156AF");
+        d.delivered();
+        assert!(rx.try_recv().is_err(), "one part still open");
+        d2.delivered();
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            Outcome::Delivered {
+                device: Some("282C024156AF".into())
+            }
+        );
+    }
+
+    #[test]
+    fn one_failed_part_fails_the_record() {
+        let (d, mut rx) = Delivery::new();
+        let d2 = d.clone();
+        d.failed("disk full");
+        d2.delivered();
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            Outcome::Failed {
+                reason: "disk full".into()
+            }
+        );
+    }
+
+    #[test]
+    fn dropped_unsettled_part_counts_as_failed() {
+        let (d, mut rx) = Delivery::new();
+        drop(d);
+        assert!(matches!(rx.try_recv().unwrap(), Outcome::Failed { .. }));
+    }
+
+    #[test]
+    fn dead_lettered_record_is_rejected_with_reason_and_raw_bytes() {
+        let (d, mut rx) = Delivery::new();
+        let rec = Record::new(
+            "efento".into(),
+            Origin::default(),
+            Bytes::from_static(b"\xde\xad"),
+            d,
+        );
+        let dl = rec.into_dead_letter("f", "decode", "bad frame");
+        assert_eq!(dl.kind, Kind::DeadLetter);
+        assert_eq!(dl.body["raw_hex"], "dead");
+        assert_eq!(dl.body["stage"], "decode");
+        dl.delivery.delivered();
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            Outcome::Rejected {
+                reason: "bad frame".into(),
+                device: None
+            }
+        );
+    }
+}
