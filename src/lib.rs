@@ -1,7 +1,16 @@
 //! sensorgate: a stream-processing pipeline for IoT device data (see DESIGN.md).
+//!
+//! `sources` turn frames into [`record::Record`]s, flows run them through `stages`, `sinks` store them,
+//! and every record's delivery token tells its source when it is safe to acknowledge.
 
 pub mod codecs;
 pub mod config;
+pub mod document;
+pub mod downlink;
+pub mod loadgen;
 pub mod metrics;
 pub mod record;
 pub mod sinks;
+pub mod sources;
+pub mod stages;
+pub mod topology;

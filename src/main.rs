@@ -1,1 +1,201 @@
-fn main() {}
+//! The `sensorgate` command line: parse arguments, call into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "sensorgate",
+    version,
+    about = "IoT ingestion pipeline: devices in, durable data out, acknowledged only once stored"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline until SIGINT or SIGTERM.
+    Run {
+        /// The pipeline file.
+        #[arg(short, long, default_value = "pipeline.toml")]
+        config: PathBuf,
+    },
+    /// Check a pipeline file: every problem with its line, column and a hint. Exits 1 on errors.
+    Validate {
+        /// The pipeline file.
+        #[arg(default_value = "pipeline.toml")]
+        file: PathBuf,
+    },
+    /// Decode one frame and print the document as JSON.
+    Decode {
+        #[command(subcommand)]
+        codec: DecodeCommand,
+    },
+    /// Load generators that measure a running pipeline end to end.
+    Loadgen {
+        #[command(subcommand)]
+        kind: LoadgenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DecodeCommand {
+    /// An Efento NB-IoT protobuf frame.
+    Efento {
+        /// Which endpoint the frame was sent to: m (measurements), i (device info), c (configuration).
+        #[arg(long, default_value = "m")]
+        path: String,
+        /// The frame as hex (spaces allowed).
+        hex: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum LoadgenCommand {
+    /// Simulated Efento sensors sending confirmable /m requests.
+    Coap(sensorgate::loadgen::CoapLoadArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Validate { file } => validate(&file),
+        Command::Decode {
+            codec: DecodeCommand::Efento { path, hex },
+        } => match sensorgate::codecs::efento::decode_hex(&path, &hex) {
+            Ok(doc) => {
+                println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config } => run_async(run(config)),
+        Command::Loadgen {
+            kind: LoadgenCommand::Coap(args),
+        } => run_async(sensorgate::loadgen::run_coap(args)),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SENSORGATE_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn validate(file: &std::path::Path) -> ExitCode {
+    match sensorgate::config::load_file(file) {
+        Ok((config, report)) => {
+            eprint!("{report}");
+            println!(
+                "{}: ok ({} sources, {} flows, {} sinks; {} warnings)",
+                file.display(),
+                config.sources.len(),
+                config.flows.len(),
+                config.sinks.len(),
+                report.warnings()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(report) => {
+            eprint!("{report}");
+            eprintln!(
+                "{}: {} errors, {} warnings",
+                file.display(),
+                report.errors(),
+                report.warnings()
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_async<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(f) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config_path: PathBuf) -> anyhow::Result<()> {
+    let config = match sensorgate::config::load_file(&config_path) {
+        Ok((config, report)) => {
+            eprint!("{report}");
+            config
+        }
+        Err(report) => {
+            eprint!("{report}");
+            anyhow::bail!(
+                "{} has {} errors; nothing started (check it with `sensorgate validate`)",
+                config_path.display(),
+                report.errors()
+            );
+        }
+    };
+    let pipeline = sensorgate::topology::Pipeline::start(config).await?;
+    tracing::info!(config = %config_path.display(), "pipeline running; SIGINT or SIGTERM stops it cleanly");
+    wait_for_signal().await;
+    tracing::info!("stopping: finishing records in flight and closing files");
+    pipeline.stop().await?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,4 +1,998 @@
-//! Pipeline configuration.
+//! The `pipeline.toml` model: named `[sources.*]`, `[sinks.*]` and `[[flows]]`, each component a
+//! variant picked by its `type` key, unknown keys refused, durations as `"2s"`, secrets as `"${VAR}"`.
+//!
+//! Loading collects every problem it can find (syntax, unknown keys and types, bad values, undefined or
+//! unused references) as a [`Diagnostic`] with line, column and a hint, instead of stopping at the first.
+//! Each component is deserialized on its own from the spanned TOML tree, so one bad sink does not hide
+//! the problems of the next, and every serde error keeps the position of the key or value it is about.
 
 pub mod duration;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::ops::Range;
+use std::path::Path;
+
+use serde::Deserialize;
+use serde::de::IntoDeserializer;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
 pub use duration::HumanDuration;
+
+use crate::sinks::jsonl::JsonLinesConfig;
+use crate::sinks::parquet::ParquetConfig;
+use crate::sources::coap::CoapConfig;
+use crate::stages::decode::DecodeConfig;
+
+/// Default capacity of the bounded queue in front of a flow or a sink.
+pub const DEFAULT_QUEUE: usize = 4096;
+
+/// A whole pipeline, checked: every reference resolves.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub sources: BTreeMap<String, SourceConfig>,
+    pub sinks: BTreeMap<String, SinkConfig>,
+    pub flows: Vec<FlowConfig>,
+}
+
+/// A source: where frames come from.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub kind: SourceKind,
+}
+
+/// The source kinds, by their `type` key.
+#[derive(Debug, Clone)]
+pub enum SourceKind {
+    /// `type = "coap"`: a CoAP server (Efento NB-IoT sensors).
+    Coap(CoapConfig),
+}
+
+/// A sink: where records end up.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    /// Capacity of the sink's input queue (`queue = 4096`).
+    pub queue: usize,
+    pub kind: SinkKind,
+}
+
+/// The sink kinds, by their `type` key.
+#[derive(Debug, Clone)]
+pub enum SinkKind {
+    /// `type = "parquet"`: Hive-partitioned Parquet files.
+    Parquet(ParquetConfig),
+    /// `type = "json_lines"`: one JSON document per line, in a file or on stdout.
+    JsonLines(JsonLinesConfig),
+}
+
+/// A flow: records from some sources, through a chain of stages, into some sinks.
+#[derive(Debug, Clone)]
+pub struct FlowConfig {
+    pub name: String,
+    pub from: Vec<String>,
+    pub stages: Vec<StageConfig>,
+    pub to: Vec<String>,
+    /// Where rejected records go (with the error and their raw bytes).
+    pub dead_letter: Option<String>,
+    /// Capacity of the flow's input queue.
+    pub queue: usize,
+}
+
+/// A stage of a flow, by its `type` key.
+#[derive(Debug, Clone)]
+pub enum StageConfig {
+    /// `{ type = "decode", codec = "efento" }`
+    Decode(DecodeConfig),
+}
+
+impl SourceKind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SourceKind::Coap(_) => "coap",
+        }
+    }
+}
+
+impl SinkKind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SinkKind::Parquet(_) => "parquet",
+            SinkKind::JsonLines(_) => "json_lines",
+        }
+    }
+}
+
+const SOURCE_TYPES: &[&str] = &["coap"];
+const SINK_TYPES: &[&str] = &["parquet", "json_lines"];
+const STAGE_TYPES: &[&str] = &["decode"];
+const TOP_KEYS: &[&str] = &["sources", "sinks", "flows"];
+const FLOW_KEYS: &[&str] = &["name", "from", "stages", "to", "dead_letter", "queue"];
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Warning,
+    Error,
+}
+
+/// One problem in a config file, with where it is and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    /// 1-based line and column (in characters) of the offending key or value.
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+/// Every finding of a load, sorted by position. A load succeeds when none of them is an error.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub file: String,
+    pub diagnostics: Vec<Diagnostic>,
+    /// The lines of the file, to quote the offending one.
+    lines: Vec<String>,
+}
+
+impl Report {
+    pub fn errors(&self) -> usize {
+        self.diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count()
+    }
+    pub fn warnings(&self) -> usize {
+        self.diagnostics.len() - self.errors()
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for d in &self.diagnostics {
+            let level = match d.severity {
+                Severity::Error => "error",
+                Severity::Warning => "warning",
+            };
+            writeln!(
+                f,
+                "{}:{}:{}: {level}: {}",
+                self.file, d.line, d.column, d.message
+            )?;
+            if let Some(text) = self.lines.get(d.line.saturating_sub(1)) {
+                writeln!(f, "   | {text}")?;
+                let pad: String = text
+                    .chars()
+                    .take(d.column.saturating_sub(1))
+                    .map(|c| if c == '\t' { '\t' } else { ' ' })
+                    .collect();
+                writeln!(f, "   | {pad}^")?;
+            }
+            if let Some(hint) = &d.hint {
+                writeln!(f, "   = hint: {hint}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads and checks a pipeline file. `Err` carries the report when the file has errors (or cannot be read).
+pub fn load_file(path: &Path) -> Result<(PipelineConfig, Report), Report> {
+    let file = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => load_str(&file, &text, &|name| std::env::var(name).ok()),
+        Err(e) => Err(Report {
+            file: file.clone(),
+            diagnostics: vec![Diagnostic {
+                severity: Severity::Error,
+                line: 1,
+                column: 1,
+                message: format!("cannot read {file}: {e}"),
+                hint: Some(
+                    "pass the pipeline file with --config FILE, or run from the directory that holds pipeline.toml"
+                        .into(),
+                ),
+            }],
+            lines: Vec::new(),
+        }),
+    }
+}
+
+/// Checks a pipeline given as text; `env` resolves `${VAR}` references.
+pub fn load_str(
+    file: &str,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(PipelineConfig, Report), Report> {
+    let mut loader = Loader {
+        text,
+        env,
+        diagnostics: Vec::new(),
+    };
+    let config = loader.load();
+    let mut diagnostics = loader.diagnostics;
+    diagnostics.sort_by_key(|d| (d.line, d.column));
+    diagnostics.dedup();
+    let report = Report {
+        file: file.to_string(),
+        diagnostics,
+        lines: text.lines().map(str::to_string).collect(),
+    };
+    match config {
+        Some(config) if report.errors() == 0 => Ok((config, report)),
+        _ => Err(report),
+    }
+}
+
+struct Loader<'a> {
+    text: &'a str,
+    env: &'a dyn Fn(&str) -> Option<String>,
+    diagnostics: Vec<Diagnostic>,
+}
+
+/// A name used in a flow, with where it was written.
+struct Reference {
+    name: String,
+    span: Range<usize>,
+}
+
+impl<'a> Loader<'a> {
+    fn position(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let column = before[line_start..].chars().count() + 1;
+        (line, column)
+    }
+
+    fn report(
+        &mut self,
+        severity: Severity,
+        span: Range<usize>,
+        message: String,
+        hint: Option<String>,
+    ) {
+        let (line, column) = self.position(span.start);
+        self.diagnostics.push(Diagnostic {
+            severity,
+            line,
+            column,
+            message,
+            hint,
+        });
+    }
+
+    fn error(&mut self, span: Range<usize>, message: impl Into<String>, hint: Option<String>) {
+        self.report(Severity::Error, span, message.into(), hint);
+    }
+
+    fn warn(&mut self, span: Range<usize>, message: impl Into<String>, hint: Option<String>) {
+        self.report(Severity::Warning, span, message.into(), hint);
+    }
+
+    /// Reports a serde error from deserializing one component, with a hint for the usual mistakes.
+    fn serde_error(&mut self, fallback: Range<usize>, what: &str, err: toml::de::Error) {
+        let span = err.span().unwrap_or(fallback);
+        let message = err.message().trim().to_string();
+        let hint = hint_for(&message);
+        self.error(span, format!("{what}: {message}"), hint);
+    }
+
+    fn load(&mut self) -> Option<PipelineConfig> {
+        let (root, errors) = DeTable::parse_recoverable(self.text);
+        for e in &errors {
+            let span = e.span().unwrap_or(0..0);
+            self.error(
+                span,
+                format!("TOML syntax: {}", e.message().trim()),
+                Some("check quotes, brackets and `key = value` pairs on this line".into()),
+            );
+        }
+        if !errors.is_empty() {
+            return None;
+        }
+        let root_span = root.span();
+        let mut root = root.into_inner();
+        root.make_owned();
+
+        for (key, _) in root.iter() {
+            if !TOP_KEYS.contains(&key.get_ref().as_ref()) {
+                let k = key.get_ref().to_string();
+                self.error(
+                    key.span(),
+                    format!("unknown section `{k}`"),
+                    Some(suggest(&k, TOP_KEYS, "sections")),
+                );
+            }
+        }
+
+        let mut sources = BTreeMap::new();
+        let mut source_spans = BTreeMap::new();
+        if let Some(table) = self.named_tables(&mut root, "sources") {
+            for (name, span, table) in table {
+                if let Some(kind) = self.source(&name, span.clone(), table) {
+                    sources.insert(name.clone(), SourceConfig { kind });
+                }
+                source_spans.insert(name, span);
+            }
+        }
+        let mut sinks = BTreeMap::new();
+        let mut sink_spans = BTreeMap::new();
+        if let Some(table) = self.named_tables(&mut root, "sinks") {
+            for (name, span, table) in table {
+                if let Some(sink) = self.sink(&name, span.clone(), table) {
+                    sinks.insert(name.clone(), sink);
+                }
+                sink_spans.insert(name, span);
+            }
+        }
+
+        let mut flows = Vec::new();
+        let mut used_sources = BTreeSet::new();
+        let mut used_sinks = BTreeSet::new();
+        let mut flow_names: BTreeMap<String, Range<usize>> = BTreeMap::new();
+        match root.remove("flows") {
+            None => self.error(
+                root_span.start..root_span.start,
+                "no flows: nothing connects sources to sinks",
+                Some("add a [[flows]] table with name, from, stages and to".into()),
+            ),
+            Some(v) => {
+                let span = v.span();
+                match v.into_inner() {
+                    DeValue::Array(items) => {
+                        for item in items {
+                            let item_span = item.span();
+                            match item.into_inner() {
+                                DeValue::Table(t) => {
+                                    if let Some((flow, refs)) = self.flow(item_span.clone(), t) {
+                                        if let Some(first) = flow_names.get(&flow.name) {
+                                            let (l, c) = self.position(first.start);
+                                            self.error(
+                                                item_span.clone(),
+                                                format!("flow name `{}` is used twice", flow.name),
+                                                Some(format!("the first one is at line {l}, column {c}; give each flow its own name")),
+                                            );
+                                        }
+                                        flow_names.insert(flow.name.clone(), item_span.clone());
+                                        self.check_refs(&flow, &refs, &source_spans, &sink_spans);
+                                        used_sources.extend(flow.from.iter().cloned());
+                                        used_sinks.extend(flow.to.iter().cloned());
+                                        used_sinks.extend(flow.dead_letter.iter().cloned());
+                                        flows.push(flow);
+                                    }
+                                }
+                                other => self.error(
+                                    item_span,
+                                    format!("a flow must be a table, found {}", other.type_str()),
+                                    Some("write each flow as a [[flows]] table".into()),
+                                ),
+                            }
+                        }
+                    }
+                    other => self.error(
+                        span,
+                        format!(
+                            "`flows` must be an array of tables, found {}",
+                            other.type_str()
+                        ),
+                        Some("write each flow as a [[flows]] table".into()),
+                    ),
+                }
+            }
+        }
+
+        for (name, span) in &source_spans {
+            if !used_sources.contains(name) {
+                self.warn(
+                    span.clone(),
+                    format!("source `{name}` is not read by any flow; it will not be started"),
+                    Some(format!(
+                        "add \"{name}\" to a flow's `from`, or remove the source"
+                    )),
+                );
+            }
+        }
+        for (name, span) in &sink_spans {
+            if !used_sinks.contains(name) {
+                self.warn(
+                    span.clone(),
+                    format!("sink `{name}` is not written by any flow"),
+                    Some(format!(
+                        "add \"{name}\" to a flow's `to` or `dead_letter`, or remove the sink"
+                    )),
+                );
+            }
+        }
+
+        Some(PipelineConfig {
+            sources,
+            sinks,
+            flows,
+        })
+    }
+
+    /// `[sources.NAME]` tables: (name, span of the name, table with its span).
+    fn named_tables(
+        &mut self,
+        root: &mut DeTable<'a>,
+        section: &str,
+    ) -> Option<Vec<(String, Range<usize>, Spanned<DeTable<'a>>)>> {
+        let value = root.remove(section)?;
+        let span = value.span();
+        match value.into_inner() {
+            DeValue::Table(table) => {
+                let mut out = Vec::new();
+                for (key, value) in table {
+                    let name = key.get_ref().to_string();
+                    let value_span = value.span();
+                    match value.into_inner() {
+                        DeValue::Table(t) => {
+                            out.push((name, key.span(), Spanned::new(value_span, t)));
+                        }
+                        other => self.error(
+                            key.span(),
+                            format!(
+                                "`{section}.{name}` must be a table, found {}",
+                                other.type_str()
+                            ),
+                            Some(format!("write it as [{section}.{name}] with a `type` key")),
+                        ),
+                    }
+                }
+                Some(out)
+            }
+            other => {
+                self.error(
+                    span,
+                    format!("`{section}` must be a table, found {}", other.type_str()),
+                    Some(format!("write each one as [{section}.NAME]")),
+                );
+                None
+            }
+        }
+    }
+
+    /// Removes `type` from a component table and returns it with its span.
+    fn take_type(
+        &mut self,
+        what: &str,
+        name_span: Range<usize>,
+        table: &mut Spanned<DeTable<'a>>,
+        known: &[&str],
+    ) -> Option<(String, Range<usize>)> {
+        match table.get_mut().remove("type") {
+            None => {
+                self.error(
+                    name_span,
+                    format!("{what} has no `type`"),
+                    Some(format!(
+                        "add type = \"...\" with one of: {}",
+                        known.join(", ")
+                    )),
+                );
+                None
+            }
+            Some(v) => {
+                let span = v.span();
+                match v.get_ref().as_str() {
+                    Some(t) if known.contains(&t) => Some((t.to_string(), span)),
+                    Some(t) => {
+                        let t = t.to_string();
+                        self.error(
+                            span,
+                            format!("{what} has unknown type `{t}`"),
+                            Some(suggest(&t, known, "types")),
+                        );
+                        None
+                    }
+                    None => {
+                        self.error(
+                            span,
+                            format!("{what}: `type` must be a string"),
+                            Some(format!("one of: {}", known.join(", "))),
+                        );
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// Removes an optional positive integer key shared by every component kind (e.g. `queue`).
+    fn queue(&mut self, what: &str, value: Option<Spanned<DeValue<'a>>>) -> usize {
+        let Some(v) = value else {
+            return DEFAULT_QUEUE;
+        };
+        let span = v.span();
+        match v
+            .get_ref()
+            .as_integer()
+            .and_then(|i| i.as_str().parse::<usize>().ok())
+        {
+            Some(n) if (1..=10_000_000).contains(&n) => n,
+            _ => {
+                self.error(
+                    span,
+                    format!("{what}: `queue` must be a whole number between 1 and 10000000"),
+                    Some(format!("the default is {DEFAULT_QUEUE}")),
+                );
+                DEFAULT_QUEUE
+            }
+        }
+    }
+
+    fn deserialize<T: for<'de> Deserialize<'de>>(
+        &mut self,
+        what: &str,
+        table: Spanned<DeTable<'a>>,
+    ) -> Option<T> {
+        let span = table.span();
+        let mut table = table;
+        self.substitute_env(table.get_mut());
+        match T::deserialize(table.into_deserializer()) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.serde_error(span, what, e);
+                None
+            }
+        }
+    }
+
+    fn source(
+        &mut self,
+        name: &str,
+        name_span: Range<usize>,
+        mut table: Spanned<DeTable<'a>>,
+    ) -> Option<SourceKind> {
+        let what = format!("source `{name}`");
+        let (kind, _) = self.take_type(&what, name_span, &mut table, SOURCE_TYPES)?;
+        match kind.as_str() {
+            "coap" => self.deserialize(&what, table).map(SourceKind::Coap),
+            _ => None,
+        }
+    }
+
+    fn sink(
+        &mut self,
+        name: &str,
+        name_span: Range<usize>,
+        mut table: Spanned<DeTable<'a>>,
+    ) -> Option<SinkConfig> {
+        let what = format!("sink `{name}`");
+        let (kind, _) = self.take_type(&what, name_span, &mut table, SINK_TYPES)?;
+        let queue = self.queue(&what, table.get_mut().remove("queue"));
+        let kind = match kind.as_str() {
+            "parquet" => self.deserialize(&what, table).map(SinkKind::Parquet),
+            "json_lines" => self.deserialize(&what, table).map(SinkKind::JsonLines),
+            _ => None,
+        }?;
+        Some(SinkConfig { queue, kind })
+    }
+
+    fn flow(
+        &mut self,
+        span: Range<usize>,
+        mut table: DeTable<'a>,
+    ) -> Option<(FlowConfig, Vec<(&'static str, Reference)>)> {
+        for (key, _) in table.iter() {
+            let k = key.get_ref().to_string();
+            if !FLOW_KEYS.contains(&k.as_str()) {
+                self.error(
+                    key.span(),
+                    format!("unknown key `{k}` in a flow"),
+                    Some(suggest(&k, FLOW_KEYS, "keys")),
+                );
+            }
+        }
+        let name = match table.remove("name") {
+            Some(v) => match v.get_ref().as_str() {
+                Some(s) if !s.is_empty() => s.to_string(),
+                _ => {
+                    self.error(v.span(), "a flow's `name` must be a non-empty string", None);
+                    return None;
+                }
+            },
+            None => {
+                self.error(
+                    span.clone(),
+                    "a flow has no `name`",
+                    Some(
+                        "add name = \"...\"; names appear in logs, metrics and dead letters".into(),
+                    ),
+                );
+                return None;
+            }
+        };
+        let what = format!("flow `{name}`");
+        let mut refs = Vec::new();
+        let from = self.name_list(&what, "from", &span, &mut table, true, &mut refs);
+        let to = self.name_list(&what, "to", &span, &mut table, true, &mut refs);
+        let dead_letter = match table.remove("dead_letter") {
+            None => None,
+            Some(v) => match v.get_ref().as_str() {
+                Some(s) => {
+                    refs.push((
+                        "dead_letter",
+                        Reference {
+                            name: s.to_string(),
+                            span: v.span(),
+                        },
+                    ));
+                    Some(s.to_string())
+                }
+                None => {
+                    self.error(
+                        v.span(),
+                        format!("{what}: `dead_letter` must be a sink name"),
+                        None,
+                    );
+                    None
+                }
+            },
+        };
+        let queue = self.queue(&what, table.remove("queue"));
+        let mut stages = Vec::new();
+        if let Some(v) = table.remove("stages") {
+            let stages_span = v.span();
+            match v.into_inner() {
+                DeValue::Array(items) => {
+                    for item in items {
+                        let item_span = item.span();
+                        match item.into_inner() {
+                            DeValue::Table(t) => {
+                                if let Some(stage) = self.stage(&what, Spanned::new(item_span, t)) {
+                                    stages.push(stage);
+                                }
+                            }
+                            other => self.error(
+                                item_span,
+                                format!(
+                                    "{what}: a stage must be a table, found {}",
+                                    other.type_str()
+                                ),
+                                Some(
+                                    "write stages as { type = \"decode\", codec = \"efento\" }"
+                                        .into(),
+                                ),
+                            ),
+                        }
+                    }
+                }
+                other => self.error(
+                    stages_span,
+                    format!(
+                        "{what}: `stages` must be an array, found {}",
+                        other.type_str()
+                    ),
+                    None,
+                ),
+            }
+        }
+        Some((
+            FlowConfig {
+                name,
+                from,
+                stages,
+                to,
+                dead_letter,
+                queue,
+            },
+            refs,
+        ))
+    }
+
+    fn name_list(
+        &mut self,
+        what: &str,
+        key: &'static str,
+        flow_span: &Range<usize>,
+        table: &mut DeTable<'a>,
+        required: bool,
+        refs: &mut Vec<(&'static str, Reference)>,
+    ) -> Vec<String> {
+        let Some(v) = table.remove(key) else {
+            if required {
+                self.error(
+                    flow_span.clone(),
+                    format!("{what} has no `{key}`"),
+                    Some(format!("add {key} = [\"...\"]")),
+                );
+            }
+            return Vec::new();
+        };
+        let span = v.span();
+        let mut out = Vec::new();
+        match v.into_inner() {
+            DeValue::String(s) => {
+                refs.push((
+                    key,
+                    Reference {
+                        name: s.to_string(),
+                        span,
+                    },
+                ));
+                out.push(s.to_string());
+            }
+            DeValue::Array(items) => {
+                for item in items {
+                    let item_span = item.span();
+                    match item.get_ref().as_str() {
+                        Some(s) => {
+                            refs.push((
+                                key,
+                                Reference {
+                                    name: s.to_string(),
+                                    span: item_span,
+                                },
+                            ));
+                            out.push(s.to_string());
+                        }
+                        None => self.error(
+                            item_span,
+                            format!("{what}: `{key}` must list names as strings"),
+                            None,
+                        ),
+                    }
+                }
+                if out.is_empty() && required {
+                    self.error(span, format!("{what}: `{key}` is empty"), None);
+                }
+            }
+            other => self.error(
+                span,
+                format!(
+                    "{what}: `{key}` must be a list of names, found {}",
+                    other.type_str()
+                ),
+                Some(format!("write {key} = [\"name\"]")),
+            ),
+        }
+        out
+    }
+
+    fn stage(&mut self, flow: &str, mut table: Spanned<DeTable<'a>>) -> Option<StageConfig> {
+        let span = table.span();
+        let what = format!("{flow}: stage");
+        let (kind, _) = self.take_type(&what, span, &mut table, STAGE_TYPES)?;
+        match kind.as_str() {
+            "decode" => self
+                .deserialize(&format!("{what} `decode`"), table)
+                .map(StageConfig::Decode),
+            _ => None,
+        }
+    }
+
+    fn check_refs(
+        &mut self,
+        flow: &FlowConfig,
+        refs: &[(&'static str, Reference)],
+        sources: &BTreeMap<String, Range<usize>>,
+        sinks: &BTreeMap<String, Range<usize>>,
+    ) {
+        for (key, r) in refs {
+            let (known, kind) = if *key == "from" {
+                (sources, "source")
+            } else {
+                (sinks, "sink")
+            };
+            if !known.contains_key(&r.name) {
+                let names: Vec<&str> = known.keys().map(String::as_str).collect();
+                let hint = if names.is_empty() {
+                    format!("define it as a [{kind}s.{}] table", r.name)
+                } else {
+                    suggest(&r.name, &names, &format!("{kind}s"))
+                };
+                self.error(
+                    r.span.clone(),
+                    format!(
+                        "flow `{}` refers to {kind} `{}`, which is not defined",
+                        flow.name, r.name
+                    ),
+                    Some(hint),
+                );
+            }
+        }
+        if let Some(dl) = &flow.dead_letter
+            && flow.to.contains(dl)
+        {
+            let span = refs
+                .iter()
+                .find(|(k, _)| *k == "dead_letter")
+                .map(|(_, r)| r.span.clone())
+                .unwrap_or(0..0);
+            self.warn(
+                span,
+                format!(
+                    "flow `{}` writes rejects into `{dl}`, which also takes its good records",
+                    flow.name
+                ),
+                Some("use a separate sink for dead letters so rejects are easy to find".into()),
+            );
+        }
+        let mut seen = BTreeSet::new();
+        for (key, r) in refs {
+            if !seen.insert((*key, r.name.clone())) {
+                self.warn(
+                    r.span.clone(),
+                    format!("flow `{}` lists `{}` twice in `{key}`", flow.name, r.name),
+                    Some("each record would be written twice; list it once".into()),
+                );
+            }
+        }
+    }
+
+    /// Replaces `${VAR}` in every string value with the environment's value; `$${` writes a literal `${`.
+    fn substitute_env(&mut self, table: &mut DeTable<'a>) {
+        let mut problems = Vec::new();
+        for (_, value) in table.iter_mut() {
+            substitute_value(value, self.env, &mut problems);
+        }
+        for (span, message, hint) in problems {
+            self.error(span, message, Some(hint));
+        }
+    }
+}
+
+type Problem = (Range<usize>, String, String);
+
+fn substitute_value(
+    value: &mut Spanned<DeValue<'_>>,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) {
+    let span = value.span();
+    match value.get_mut() {
+        DeValue::String(s) => {
+            if s.contains('$') {
+                match expand_env(s, env) {
+                    Ok(expanded) => *s = expanded.into(),
+                    Err((message, hint)) => problems.push((span, message, hint)),
+                }
+            }
+        }
+        DeValue::Array(items) => {
+            for item in items.iter_mut() {
+                substitute_value(item, env, problems);
+            }
+        }
+        DeValue::Table(t) => {
+            for (_, v) in t.iter_mut() {
+                substitute_value(v, env, problems);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Expands `${VAR}` (and `$${` as a literal `${`) in one string value.
+pub fn expand_env(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, (String, String)> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i..];
+        if rest.starts_with("$${") {
+            out.push_str("${");
+            rest = &rest[3..];
+        } else if let Some(body) = rest.strip_prefix("${") {
+            let Some(end) = body.find('}') else {
+                return Err((
+                    format!("unclosed `${{` in \"{text}\""),
+                    "write environment references as ${NAME}".into(),
+                ));
+            };
+            let name = &body[..end];
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err((
+                    format!("`${{{name}}}` is not a valid environment variable name"),
+                    "use letters, digits and underscores, e.g. ${MQTT_PASSWORD}".into(),
+                ));
+            }
+            match env(name) {
+                Some(v) => out.push_str(&v),
+                None => {
+                    return Err((
+                        format!("environment variable `{name}` is not set"),
+                        format!(
+                            "export {name}=... before starting, or write $${{ for a literal ${{"
+                        ),
+                    ));
+                }
+            }
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = &rest[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Turns common serde messages into advice: the closest known name for a typo.
+fn hint_for(message: &str) -> Option<String> {
+    // serde: "unknown field `lisen`, expected one of `listen`, `paths`, ..."
+    // serde: "unknown variant `mesurements`, expected one of `measurements`, ..."
+    let unknown = message
+        .strip_prefix("unknown field `")
+        .or_else(|| message.strip_prefix("unknown variant `"))?;
+    let typo = &unknown[..unknown.find('`')?];
+    let expected: Vec<&str> = unknown
+        .split('`')
+        .skip(1)
+        .enumerate()
+        .filter(|(i, _)| i % 2 == 1)
+        .map(|(_, s)| s)
+        .collect();
+    if expected.is_empty() {
+        return Some("remove it".into());
+    }
+    Some(suggest(typo, &expected, "values"))
+}
+
+/// "did you mean `x`?" when a known name is close, else the list of known names.
+pub fn suggest(typo: &str, known: &[&str], what: &str) -> String {
+    let best = known
+        .iter()
+        .map(|k| (edit_distance(&typo.to_lowercase(), &k.to_lowercase()), *k))
+        .min();
+    match best {
+        Some((d, k)) if d <= 2.max(typo.len() / 3) => format!("did you mean `{k}`?"),
+        _ => format!("known {what}: {}", known.join(", ")),
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn env_references_expand_and_escape() {
+        let env = |n: &str| (n == "PW").then(|| "s3cret".to_string());
+        assert_eq!(expand_env("a${PW}b", &env).unwrap(), "as3cretb");
+        assert_eq!(expand_env("$${PW}", &env).unwrap(), "${PW}");
+        assert_eq!(expand_env("cost $5", &env).unwrap(), "cost $5");
+        assert!(expand_env("${NOPE}", &env).unwrap_err().0.contains("NOPE"));
+        assert!(expand_env("${PW", &env).is_err());
+    }
+
+    #[test]
+    fn suggests_the_closest_name() {
+        assert_eq!(
+            suggest("lisen", &["listen", "paths"], "keys"),
+            "did you mean `listen`?"
+        );
+        assert!(suggest("zzzzzz", &["listen", "paths"], "keys").starts_with("known keys"));
+    }
+
+    #[test]
+    fn syntax_error_has_a_position() {
+        let r = load_str("p.toml", "[sources.a]\ntype = \"coap\n", &no_env).unwrap_err();
+        assert_eq!(r.errors(), 1);
+        assert_eq!(r.diagnostics[0].line, 2);
+    }
+}

@@ -3,3 +3,54 @@
 
 pub mod jsonl;
 pub mod parquet;
+
+use crate::metrics::{self, Counter};
+use crate::record::Record;
+
+/// The counters every sink keeps, under stable names labelled with the sink's name:
+/// `component_sent_events_total` (records settled delivered), `component_sent_bytes_total` (bytes
+/// stored), `component_failed_events_total` (records settled failed) and
+/// `component_errors_total{error=...}` (failed writes or commits).
+#[derive(Clone, Debug)]
+pub(crate) struct SinkCounters {
+    pub sent_events: Counter,
+    pub sent_bytes: Counter,
+    pub failed_events: Counter,
+    pub errors: Counter,
+}
+
+impl SinkCounters {
+    /// `error` labels what failed in `component_errors_total` (`"commit"`, `"write"`).
+    pub fn new(sink: &str, error: &str) -> Self {
+        let labels = [("component", sink)];
+        SinkCounters {
+            sent_events: metrics::counter("component_sent_events_total", &labels),
+            sent_bytes: metrics::counter("component_sent_bytes_total", &labels),
+            failed_events: metrics::counter("component_failed_events_total", &labels),
+            errors: metrics::counter(
+                "component_errors_total",
+                &[("component", sink), ("error", error)],
+            ),
+        }
+    }
+
+    /// Settles every record of a write that is now durable.
+    pub fn delivered(&self, records: impl IntoIterator<Item = Record>) {
+        let mut count = 0;
+        for record in records {
+            record.delivery.delivered();
+            count += 1;
+        }
+        self.sent_events.add(count);
+    }
+
+    /// Settles every record of a write that failed, each with the same reason.
+    pub fn failed(&self, records: impl IntoIterator<Item = Record>, reason: &str) {
+        let mut count = 0;
+        for record in records {
+            record.delivery.failed(reason);
+            count += 1;
+        }
+        self.failed_events.add(count);
+    }
+}

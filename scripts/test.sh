@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine too: installs the real peers the tests talk to when they
+# are missing (Debian's libcoap3-bin for coap-client-notls; a Python venv with aiocoap, pyarrow and
+# duckdb), then runs formatting and lint checks and every test. Peers are required here: a test that
+# cannot find one fails instead of skipping.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+command -v coap-client-notls >/dev/null || missing+=(libcoap3-bin)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "==> installing ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+
+venv="${SENSORGATE_VENV:-$PWD/.venv}"
+if ! "$venv/bin/python" -c 'import aiocoap, pyarrow, duckdb, pytz' 2>/dev/null; then
+  echo "==> creating the Python venv $venv (aiocoap, pyarrow, duckdb)"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check 'aiocoap==0.4.*' pyarrow duckdb pytz
+fi
+export SENSORGATE_PYTHON="$venv/bin/python"
+export SENSORGATE_REQUIRE_PEERS=1
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+echo "==> cargo test"
+cargo test --all-targets --locked

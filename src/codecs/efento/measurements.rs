@@ -1,0 +1,326 @@
+//! The measurements frame (`/m`, ProtoMeasurements) turned into the measurements document
+//! (fact sheet sections 3.1, 3.2, 3.3 and 4.1 to 4.4).
+
+use serde_json::{Map, Value};
+
+use super::proto::{ProtoChannel, ProtoMeasurements};
+use super::types::{Scale, TypeInfo, measurement_type};
+use super::{DecodeError, MAX_BINARY_POINTS};
+
+/// First sample offset of the sensor error range (section 4.2, 0x7F8000).
+pub const ERROR_CODE_MIN: i32 = 8_355_840;
+/// Last sample offset of the sensor error range (section 4.2, 0x7FFFFF).
+pub const ERROR_CODE_MAX: i32 = 8_388_607;
+
+/// Effective measurement period factor (section 4.1): the frame's factor when non-zero; otherwise (5.xx
+/// firmware) 14 when any channel is binary and 1 when all channels are continuous.
+pub fn effective_factor(factor: u32, channels: &[ProtoChannel]) -> u32 {
+    if factor != 0 {
+        factor
+    } else if channels
+        .iter()
+        .any(|ch| measurement_type(ch.r#type).is_some_and(TypeInfo::is_binary))
+    {
+        14
+    } else {
+        1
+    }
+}
+
+/// One point of an expanded binary channel (section 4.3): unix time and whether the state is the positive
+/// one (alarm, water detected, on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BinaryPoint {
+    pub ts: i64,
+    pub positive: bool,
+}
+
+/// The binary channel would expand to more points than the remaining budget allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TooManyPoints;
+
+/// The merged expansion of a binary channel (section 4.3).
+///
+/// Every non-zero offset `o` is an event at `timestamp + |o| - 1` with state `o > 0`. The points are the grid
+/// `timestamp + k * step` up to the last event, united with the exact event times; each point takes the state of
+/// the latest event at or before it, and points before the first event are skipped. Events at the same time keep
+/// their order in the frame (the later one wins). A `step` of 0 has no grid, so only the event times are used.
+/// `budget` is the number of points still allowed for this frame; it is reduced by the points produced.
+pub(crate) fn expand_binary(
+    timestamp: i32,
+    step: u32,
+    offsets: &[i32],
+    budget: &mut usize,
+) -> Result<Vec<BinaryPoint>, TooManyPoints> {
+    let t0 = i64::from(timestamp);
+    let mut events: Vec<BinaryPoint> = offsets
+        .iter()
+        .filter(|&&o| o != 0)
+        .map(|&o| BinaryPoint {
+            ts: t0 + i64::from(o).abs() - 1,
+            positive: o > 0,
+        })
+        .collect();
+    let Some(last) = events.iter().map(|e| e.ts).max() else {
+        return Ok(Vec::new());
+    };
+    if !events.is_sorted_by_key(|e| e.ts) {
+        events.sort_by_key(|e| e.ts); // stable: equal times keep frame order
+    }
+    // last >= t0 because every |o| >= 1, so the span is never negative.
+    let span = u64::try_from(last - t0).unwrap_or(0);
+    let grid_points = if step == 0 {
+        0
+    } else {
+        span / u64::from(step) + 1
+    };
+    let upper_bound = grid_points.saturating_add(events.len() as u64);
+    if upper_bound > *budget as u64 {
+        return Err(TooManyPoints);
+    }
+    let mut points = Vec::with_capacity(upper_bound as usize);
+    let mut next_event = 0;
+    let mut k = 0u64;
+    let mut state: Option<bool> = None;
+    loop {
+        let grid_t = (k < grid_points).then(|| t0 + (k * u64::from(step)) as i64);
+        let event_t = events.get(next_event).map(|e| e.ts);
+        let t = match (grid_t, event_t) {
+            (Some(g), Some(e)) => g.min(e),
+            (Some(g), None) => g,
+            (None, Some(e)) => e,
+            (None, None) => break,
+        };
+        while let Some(e) = events.get(next_event).filter(|e| e.ts <= t) {
+            state = Some(e.positive);
+            next_event += 1;
+        }
+        if grid_t == Some(t) {
+            k += 1;
+        }
+        if let Some(positive) = state {
+            points.push(BinaryPoint { ts: t, positive });
+        }
+    }
+    *budget -= points.len();
+    Ok(points)
+}
+
+/// Decodes a `/m` payload into the measurements document (see [`super::decode`]).
+pub(crate) fn decode(payload: &[u8]) -> Result<(String, Map<String, Value>), DecodeError> {
+    use prost::Message as _;
+    let frame = ProtoMeasurements::decode(payload).map_err(|cause| DecodeError::Protobuf {
+        message: super::Message::Measurements,
+        cause,
+    })?;
+    let serial = super::serial_hex(&frame.serial_number, super::Message::Measurements)?;
+    let body = document(&frame, &serial)?;
+    Ok((serial, body))
+}
+
+fn key(k: &'static str) -> String {
+    String::from(k)
+}
+
+/// Builds the measurements document of a decoded frame (sections 3.1 and 4.1 to 4.4).
+fn document(frame: &ProtoMeasurements, serial: &str) -> Result<Map<String, Value>, DecodeError> {
+    let base = frame.measurement_period_base;
+    let factor = effective_factor(frame.measurement_period_factor, &frame.channels);
+    let period = u64::from(base) * u64::from(factor);
+
+    let measurements = rows(frame, base, period)?;
+
+    let mut body = Map::new();
+    body.insert(key("serial"), Value::String(serial.to_owned()));
+    body.insert(key("battery_ok"), Value::Bool(frame.battery_status));
+    body.insert(key("signal"), Value::from(frame.signal));
+    body.insert(key("measurement_period_s"), Value::from(period));
+    body.insert(
+        key("next_transmission_at"),
+        match frame.next_transmission_at {
+            0 => Value::Null,
+            t => Value::from(t),
+        },
+    );
+    body.insert(key("measurements"), Value::Array(measurements));
+    if !frame.cloud_token.is_empty() {
+        body.insert(key("cloud_token"), Value::String(frame.cloud_token.clone()));
+    }
+    if frame.battery_level != 0 {
+        body.insert(key("battery_level"), battery_level(frame.battery_level));
+    }
+
+    let mut extra = Map::new();
+    extra.insert(key("transfer_reason"), Value::from(frame.transfer_reason));
+    extra.insert(
+        key("transfer_reason_decoded"),
+        transfer_reason(frame.transfer_reason),
+    );
+    extra.insert(
+        key("configuration_hash"),
+        Value::from(frame.configuration_hash),
+    );
+    extra.insert(key("measurement_period_base"), Value::from(base));
+    extra.insert(
+        key("measurement_period_factor"),
+        Value::from(frame.measurement_period_factor),
+    );
+    extra.insert(key("effective_factor"), Value::from(factor));
+    if frame.extended_configuration_hash != 0 {
+        extra.insert(
+            key("extended_configuration_hash"),
+            Value::from(frame.extended_configuration_hash),
+        );
+    }
+    body.insert(key("extra"), Value::Object(extra));
+    Ok(body)
+}
+
+/// The transfer reason bit mask of section 3.1, field by field.
+fn transfer_reason(v: u32) -> Value {
+    let bit = |n: u32| Value::Bool(v & (1 << n) != 0);
+    let mut m = Map::new();
+    m.insert(key("first_after_reset"), bit(0));
+    m.insert(key("button"), bit(1));
+    m.insert(key("bluetooth"), bit(2));
+    m.insert(key("retries"), Value::from((v >> 3) & 0x1F));
+    m.insert(key("rules_mask"), Value::from((v >> 8) & 0xFFF));
+    m.insert(key("limit_end"), bit(20));
+    m.insert(key("pin_tamper"), bit(21));
+    m.insert(key("enclosure_tamper"), bit(22));
+    m.insert(key("before_shutdown"), bit(23));
+    Value::Object(m)
+}
+
+/// Field 18 of section 3.1: `level / 6` is the voltage in 0.01 V (65526..=65531: not measured),
+/// `level % 6` the power source.
+fn battery_level(level: u32) -> Value {
+    let mut m = Map::new();
+    m.insert(key("raw"), Value::from(level));
+    let voltage = if (65_526..=65_531).contains(&level) {
+        Value::Null
+    } else {
+        Value::from(f64::from(level / 6) / 100.0)
+    };
+    m.insert(key("voltage_v"), voltage);
+    let source = match level % 6 {
+        0 => "battery",
+        1 => "rechargeable",
+        2 => "external",
+        _ => "reserved",
+    };
+    m.insert(key("power_source"), Value::String(source.to_owned()));
+    Value::Object(m)
+}
+
+/// All measurement rows of the frame, sorted by (channel, ts).
+fn rows(frame: &ProtoMeasurements, base: u32, period: u64) -> Result<Vec<Value>, DecodeError> {
+    let mut budget = MAX_BINARY_POINTS;
+    // Binary channels are expanded first so the row vector can be sized exactly.
+    let mut expanded: Vec<Option<Vec<BinaryPoint>>> = Vec::with_capacity(frame.channels.len());
+    let mut total = 0usize;
+    for (slot, ch) in frame.channels.iter().enumerate() {
+        let info = measurement_type(ch.r#type);
+        if info.is_some_and(TypeInfo::is_binary) {
+            let points = expand_binary(ch.timestamp, base, &ch.sample_offsets, &mut budget)
+                .map_err(|TooManyPoints| DecodeError::TooManyPoints {
+                    channel: slot + 1,
+                    limit: MAX_BINARY_POINTS,
+                })?;
+            total += points.len();
+            expanded.push(Some(points));
+        } else {
+            if !matches!(info.map(|i| i.scale), Some(Scale::Empty)) {
+                total += ch.sample_offsets.len();
+            }
+            expanded.push(None);
+        }
+    }
+
+    let mut out = Vec::with_capacity(total);
+    for (slot, (ch, points)) in frame.channels.iter().zip(expanded).enumerate() {
+        let channel = slot as u64 + 1;
+        match (measurement_type(ch.r#type), points) {
+            (Some(info), Some(points)) => {
+                if let Scale::Binary { positive, negative } = info.scale {
+                    for p in points {
+                        let state = if p.positive { positive } else { negative };
+                        let mut row = Map::new();
+                        row.insert(key("channel"), Value::from(channel));
+                        row.insert(key("type"), Value::String(info.name.to_owned()));
+                        row.insert(key("ts"), Value::from(p.ts));
+                        row.insert(key("value"), Value::String(state.to_owned()));
+                        row.insert(key("unit"), Value::Null);
+                        out.push(Value::Object(row));
+                    }
+                }
+            }
+            (Some(info), None) if info.scale == Scale::Empty => {}
+            (info, _) => continuous(ch, channel, info, period, &mut out)?,
+        }
+    }
+    Ok(out)
+}
+
+/// Rows of a continuous channel (section 4.2). `info` is `None` for a type number the table does not know:
+/// those rows keep the raw value, `type` "unknown" and the number in `type_code`.
+fn continuous(
+    ch: &ProtoChannel,
+    channel: u64,
+    info: Option<&TypeInfo>,
+    period: u64,
+    out: &mut Vec<Value>,
+) -> Result<(), DecodeError> {
+    let (name, scale, unit) = match info {
+        Some(i) => (i.name, i.scale, i.unit),
+        None => ("unknown", Scale::Divisor(1), None),
+    };
+    let t0 = i128::from(ch.timestamp);
+    let start = i64::from(ch.start_point);
+    for (i, &off) in ch.sample_offsets.iter().enumerate() {
+        let ts = t0 + i as i128 * i128::from(period);
+        let ts = i64::try_from(ts).map_err(|_| DecodeError::TimeOutOfRange {
+            channel: channel as usize,
+        })?;
+        let mut row = Map::new();
+        row.insert(key("channel"), Value::from(channel));
+        row.insert(key("type"), Value::String(name.to_owned()));
+        if info.is_none() {
+            row.insert(key("type_code"), Value::from(ch.r#type));
+        }
+        row.insert(key("ts"), Value::from(ts));
+        row.insert(
+            key("unit"),
+            unit.map_or(Value::Null, |u| Value::String(u.to_owned())),
+        );
+        if (ERROR_CODE_MIN..=ERROR_CODE_MAX).contains(&off) {
+            row.insert(key("value"), Value::Null);
+            row.insert(key("error_code"), Value::from(off));
+        } else {
+            let raw = start + i64::from(off);
+            row.insert(key("raw"), Value::from(raw));
+            match scale {
+                Scale::Divisor(1) => {
+                    row.insert(key("value"), Value::from(raw));
+                }
+                Scale::Divisor(d) => {
+                    row.insert(key("value"), Value::from(raw as f64 / f64::from(d)));
+                }
+                Scale::Meta(m) => {
+                    let m = i64::from(m);
+                    let magnitude = raw.abs();
+                    let value = if raw < 0 {
+                        -(magnitude / m)
+                    } else {
+                        magnitude / m
+                    };
+                    row.insert(key("value"), Value::from(value));
+                    row.insert(key("meta"), Value::from(magnitude % m));
+                }
+                Scale::Binary { .. } | Scale::Empty => {}
+            }
+        }
+        out.push(Value::Object(row));
+    }
+    Ok(())
+}

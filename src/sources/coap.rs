@@ -1,0 +1,803 @@
+//! CoAP source (RFC 7252 over UDP, coap-lite for the message codec) for Efento NB-IoT sensors.
+//!
+//! The contract with the device (efento.md §1, §5, §6): a confirmable request gets a piggybacked ACK
+//! carrying its token, and the ACK's code says what happened to the data:
+//! 2.01 once every sink stored it (payload: a ProtoConfig with `current_time` and any pending change),
+//! 4.00 when it cannot be decoded (it went to the dead-letter sink), 5.00 when storing failed or took
+//! longer than `ack_deadline` (the sensor sends it again later), 5.03 with Max-Age when the pipeline is
+//! full. Retransmissions (same peer and message id within EXCHANGE_LIFETIME) get the cached answer and
+//! are not processed twice. Non-confirmable requests are processed and get no answer.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+use serde::{Deserialize, Serialize};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::HumanDuration;
+use crate::downlink::Downlinks;
+use crate::metrics::{self, Counter};
+use crate::record::{Delivery, DeliveryWatch, Origin, Outcome, Record};
+
+/// `[sources.NAME] type = "coap"`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoapConfig {
+    /// UDP address to listen on, e.g. "0.0.0.0:5683".
+    pub listen: SocketAddr,
+    /// What arrives on each path (Uri-Path options joined with "/"):
+    /// `measurements`, `device_info`, `configuration` (POST) or `time` (GET or POST).
+    /// Default: m = measurements, i = device_info, c = configuration, t = time.
+    #[serde(default = "default_paths")]
+    pub paths: BTreeMap<String, Route>,
+    /// Longest wait for the sinks before a confirmable request is answered 5.00. Keep it under the
+    /// device's ACK timeout (2 s for Efento), or the device retransmits.
+    #[serde(default = "default_ack_deadline")]
+    pub ack_deadline: HumanDuration,
+    /// Max-Age of a 5.03 answer when the pipeline is full: when the device may try again.
+    #[serde(default = "default_busy_max_age")]
+    pub busy_max_age: HumanDuration,
+    /// How long an answer is kept for retransmissions (RFC 7252 EXCHANGE_LIFETIME, 247 s).
+    #[serde(default = "default_exchange_lifetime")]
+    pub exchange_lifetime: HumanDuration,
+    /// Most exchanges remembered for retransmissions; the oldest go first past this.
+    #[serde(default = "default_exchange_cache")]
+    pub exchange_cache: usize,
+    /// Most requests waiting for their sinks at once; past this, new ones get 5.03.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Vendor option numbers to accept (odd numbers are critical: unknown ones get 4.02 Bad Option).
+    #[serde(default)]
+    pub vendor_options: Vec<u16>,
+    /// Option number that carries the Efento cloud token (ProtoConfig field 40, 1..64999), if used.
+    /// Its value is kept in the record's origin; the number is accepted like a vendor option.
+    #[serde(default)]
+    pub cloud_token_option: Option<u16>,
+    /// UDP receive buffer to ask the kernel for, in bytes (bursts of many devices need several MiB).
+    #[serde(default = "default_receive_buffer")]
+    pub receive_buffer: usize,
+    /// What a 2.01 carries: `efento_config` (ProtoConfig with current_time and pending changes) or `none`.
+    #[serde(default)]
+    pub ack_payload: AckPayload,
+}
+
+/// What a path is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Route {
+    Measurements,
+    DeviceInfo,
+    Configuration,
+    /// Answered by the source itself: 2.05 with the 4-byte big-endian unix time.
+    Time,
+}
+
+impl Route {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Route::Measurements => "measurements",
+            Route::DeviceInfo => "device_info",
+            Route::Configuration => "configuration",
+            Route::Time => "time",
+        }
+    }
+}
+
+/// The payload of a 2.01.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckPayload {
+    #[default]
+    EfentoConfig,
+    None,
+}
+
+fn default_paths() -> BTreeMap<String, Route> {
+    [
+        ("m", Route::Measurements),
+        ("i", Route::DeviceInfo),
+        ("c", Route::Configuration),
+        ("t", Route::Time),
+    ]
+    .into_iter()
+    .map(|(p, r)| (p.to_string(), r))
+    .collect()
+}
+fn default_ack_deadline() -> HumanDuration {
+    HumanDuration::from_millis(1500)
+}
+fn default_busy_max_age() -> HumanDuration {
+    HumanDuration::from_secs(5)
+}
+fn default_exchange_lifetime() -> HumanDuration {
+    HumanDuration::from_secs(247)
+}
+fn default_exchange_cache() -> usize {
+    100_000
+}
+fn default_max_in_flight() -> usize {
+    65_536
+}
+fn default_receive_buffer() -> usize {
+    4 << 20
+}
+
+/// Option numbers of RFC 7252, 7641, 7959, 7967, 8613 that this server understands or may ignore.
+const KNOWN_OPTIONS: &[u16] = &[
+    1, 3, 4, 5, 6, 7, 8, 9, 11, 12, 14, 15, 17, 20, 23, 27, 28, 35, 39, 60, 258,
+];
+
+type ExchangeKey = (SocketAddr, u16);
+
+enum Exchange {
+    /// The request is with the pipeline; a retransmission is ignored (the answer is on its way).
+    Pending,
+    /// The answer sent, to send again on retransmission.
+    Answered(Bytes),
+    /// A non-confirmable request already processed.
+    Silent,
+}
+
+/// Answers remembered for retransmissions, bounded by age and count.
+struct Exchanges {
+    map: HashMap<ExchangeKey, (Instant, Exchange)>,
+    order: VecDeque<(ExchangeKey, Instant)>,
+    lifetime: Duration,
+    capacity: usize,
+}
+
+impl Exchanges {
+    fn new(lifetime: Duration, capacity: usize) -> Self {
+        Exchanges {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            lifetime,
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn evict(&mut self, now: Instant) {
+        while let Some((key, at)) = self.order.front().copied() {
+            let expired = now.duration_since(at) >= self.lifetime;
+            if !expired && self.map.len() < self.capacity {
+                break;
+            }
+            self.order.pop_front();
+            if self.map.get(&key).is_some_and(|(t, _)| *t == at) {
+                self.map.remove(&key);
+            }
+        }
+    }
+
+    fn get(&mut self, key: &ExchangeKey, now: Instant) -> Option<&Exchange> {
+        self.evict(now);
+        self.map.get(key).map(|(_, e)| e)
+    }
+
+    fn insert(&mut self, key: ExchangeKey, exchange: Exchange, now: Instant) {
+        self.evict(now);
+        self.map.insert(key, (now, exchange));
+        self.order.push_back((key, now));
+    }
+
+    fn answer(&mut self, key: ExchangeKey, bytes: Bytes) {
+        if let Some((_, e)) = self.map.get_mut(&key) {
+            *e = Exchange::Answered(bytes);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+struct Counters {
+    received: Counter,
+    retransmissions: Counter,
+    malformed: Counter,
+    created: Counter,
+    rejected: Counter,
+    failed: Counter,
+    timed_out: Counter,
+    busy: Counter,
+    non_dropped: Counter,
+    bad_option: Counter,
+}
+
+impl Counters {
+    fn new(source: &str) -> Self {
+        let code =
+            |c: &str| metrics::counter("coap_responses_total", &[("source", source), ("code", c)]);
+        Counters {
+            received: metrics::counter("component_received_events_total", &[("component", source)]),
+            retransmissions: metrics::counter("coap_retransmissions_total", &[("source", source)]),
+            malformed: metrics::counter(
+                "component_errors_total",
+                &[("component", source), ("error", "malformed_coap")],
+            ),
+            created: code("2.01"),
+            rejected: code("4.00"),
+            failed: code("5.00"),
+            timed_out: metrics::counter("coap_ack_deadline_missed_total", &[("source", source)]),
+            busy: code("5.03"),
+            non_dropped: metrics::counter(
+                "component_discarded_events_total",
+                &[
+                    ("component", source),
+                    ("reason", "pipeline_full_non_confirmable"),
+                ],
+            ),
+            bad_option: code("4.02"),
+        }
+    }
+}
+
+/// Everything the receive loop and the answer tasks share.
+struct Shared {
+    name: Arc<str>,
+    socket: UdpSocket,
+    exchanges: Mutex<Exchanges>,
+    in_flight: AtomicUsize,
+    downlinks: Downlinks,
+    config: CoapConfig,
+    counters: Counters,
+}
+
+/// A bound CoAP server, ready to run.
+pub struct CoapSource {
+    shared: Arc<Shared>,
+    flows: Vec<mpsc::Sender<Record>>,
+    routes: HashMap<String, (Route, Arc<str>, Arc<str>)>,
+}
+
+impl CoapSource {
+    /// Binds the UDP socket (so an address in use fails at start, not later).
+    pub fn bind(
+        name: &str,
+        config: &CoapConfig,
+        flows: Vec<mpsc::Sender<Record>>,
+        downlinks: Downlinks,
+    ) -> anyhow::Result<CoapSource> {
+        let socket = bind_udp(config.listen, config.receive_buffer, name)?;
+        let routes = config
+            .paths
+            .iter()
+            .map(|(path, route)| {
+                let path = path.trim_matches('/').to_string();
+                let arc_path: Arc<str> = path.as_str().into();
+                (path, (*route, arc_path, Arc::from(route.as_str())))
+            })
+            .collect();
+        Ok(CoapSource {
+            shared: Arc::new(Shared {
+                name: name.into(),
+                socket,
+                exchanges: Mutex::new(Exchanges::new(
+                    config.exchange_lifetime.get(),
+                    config.exchange_cache,
+                )),
+                in_flight: AtomicUsize::new(0),
+                downlinks,
+                config: config.clone(),
+                counters: Counters::new(name),
+            }),
+            flows,
+            routes,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.shared.socket.local_addr()
+    }
+
+    /// Serves until `shutdown`; then stops reading and waits for every request already taken to be
+    /// answered (their records finish in the pipeline).
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let tracker = TaskTracker::new();
+        let mut buf = vec![0u8; 65_536];
+        tracing::info!(source = %self.shared.name, listen = %self.local_addr()?, "CoAP source listening");
+        loop {
+            let (n, peer) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = self.shared.socket.recv_from(&mut buf) => match r {
+                    Ok(v) => v,
+                    Err(e) => {
+                        // ICMP port-unreachable from an earlier answer shows up here on some systems.
+                        tracing::debug!(source = %self.shared.name, error = %e, "UDP receive error");
+                        continue;
+                    }
+                },
+            };
+            self.handle_datagram(&buf[..n], peer, &tracker).await;
+        }
+        drop(self.flows);
+        tracker.close();
+        tracker.wait().await;
+        tracing::info!(source = %self.shared.name, "CoAP source stopped");
+        Ok(())
+    }
+
+    async fn handle_datagram(&self, datagram: &[u8], peer: SocketAddr, tracker: &TaskTracker) {
+        let shared = &self.shared;
+        let packet = match Packet::from_bytes(datagram) {
+            Ok(p) => p,
+            Err(e) => {
+                shared.counters.malformed.inc();
+                tracing::debug!(source = %shared.name, %peer, error = ?e, "malformed CoAP message");
+                // A confirmable message we cannot parse is rejected with a reset (RFC 7252 §4.2).
+                if datagram.len() >= 4 && (datagram[0] >> 4) & 0x3 == 0 {
+                    let mid = u16::from_be_bytes([datagram[2], datagram[3]]);
+                    send(shared, &reset(mid), peer).await;
+                }
+                return;
+            }
+        };
+        let mid = packet.header.message_id;
+        let confirmable = match packet.header.get_type() {
+            MessageType::Confirmable => true,
+            MessageType::NonConfirmable => false,
+            MessageType::Acknowledgement | MessageType::Reset => return,
+        };
+        if packet.header.code == MessageClass::Empty {
+            if confirmable {
+                send(shared, &reset(mid), peer).await; // CoAP ping
+            }
+            return;
+        }
+        let MessageClass::Request(method) = packet.header.code else {
+            return; // a response sent to a server: nothing to do
+        };
+        shared.counters.received.inc();
+
+        let key = (peer, mid);
+        let now = Instant::now();
+        let seen = {
+            let mut exchanges = shared.exchanges.lock().unwrap_or_else(|p| p.into_inner());
+            match exchanges.get(&key, now) {
+                Some(Exchange::Answered(bytes)) => Some(Some(bytes.clone())),
+                Some(Exchange::Pending | Exchange::Silent) => Some(None),
+                None => {
+                    let state = if confirmable {
+                        Exchange::Pending
+                    } else {
+                        Exchange::Silent
+                    };
+                    exchanges.insert(key, state, now);
+                    None
+                }
+            }
+        };
+        if let Some(again) = seen {
+            shared.counters.retransmissions.inc();
+            if let Some(bytes) = again {
+                send(shared, &bytes, peer).await;
+            }
+            return;
+        }
+
+        // Options: refuse unknown critical ones (odd numbers), keep the cloud token.
+        let mut token_option = None;
+        for (number, values) in packet.options() {
+            let number = *number;
+            if Some(number) == shared.config.cloud_token_option {
+                token_option = values
+                    .front()
+                    .map(|v| String::from_utf8_lossy(v).into_owned());
+                continue;
+            }
+            let known =
+                KNOWN_OPTIONS.contains(&number) || shared.config.vendor_options.contains(&number);
+            if !known && number % 2 == 1 {
+                shared.counters.bad_option.inc();
+                let text = format!(
+                    "unknown critical option {number}; add it to vendor_options to accept it"
+                );
+                self.answer_now(
+                    &packet,
+                    key,
+                    ResponseType::BadOption,
+                    text.as_bytes(),
+                    confirmable,
+                )
+                .await;
+                return;
+            }
+        }
+        if let Some(block1) = packet.get_first_option(CoapOption::Block1) {
+            // Efento splits large configurations at the application level (payload_split_info);
+            // a multi-block upload is refused with a clear reason instead of being stored half.
+            let more = block1.last().is_some_and(|b| b & 0x08 != 0);
+            let num = block1
+                .iter()
+                .fold(0u32, |acc, b| (acc << 8) | u32::from(*b))
+                >> 4;
+            if more || num != 0 {
+                self.answer_now(
+                    &packet,
+                    key,
+                    ResponseType::RequestEntityTooLarge,
+                    b"block-wise transfer is not supported; send the payload in one datagram",
+                    confirmable,
+                )
+                .await;
+                return;
+            }
+        }
+
+        let path = packet
+            .get_option(CoapOption::UriPath)
+            .map(|segments| {
+                segments
+                    .iter()
+                    .map(|s| String::from_utf8_lossy(s))
+                    .collect::<Vec<_>>()
+                    .join("/")
+            })
+            .unwrap_or_default();
+        let Some((route, arc_path, arc_route)) = self.routes.get(&path) else {
+            let text = format!("no route for path `{path}`");
+            self.answer_now(
+                &packet,
+                key,
+                ResponseType::NotFound,
+                text.as_bytes(),
+                confirmable,
+            )
+            .await;
+            return;
+        };
+
+        match (route, method) {
+            (Route::Time, RequestType::Get | RequestType::Post) => {
+                let payload = crate::codecs::efento::time_payload(unix_now());
+                // A time request is pointless without an answer, so a NON one gets a NON answer.
+                self.answer_now(&packet, key, ResponseType::Content, &payload, true)
+                    .await;
+            }
+            (Route::Time, _) => {
+                self.answer_now(
+                    &packet,
+                    key,
+                    ResponseType::MethodNotAllowed,
+                    b"use GET or POST",
+                    confirmable,
+                )
+                .await;
+            }
+            (_, RequestType::Post) => {
+                let origin = Origin {
+                    peer: Some(peer),
+                    path: Some(arc_path.clone()),
+                    route: Some(arc_route.clone()),
+                    token: token_option,
+                    ..Origin::default()
+                };
+                self.accept_data(packet, key, origin, confirmable, tracker)
+                    .await;
+            }
+            _ => {
+                self.answer_now(
+                    &packet,
+                    key,
+                    ResponseType::MethodNotAllowed,
+                    b"use POST",
+                    confirmable,
+                )
+                .await;
+            }
+        }
+    }
+
+    /// Hands a data request to its flows and arranges its answer.
+    async fn accept_data(
+        &self,
+        mut packet: Packet,
+        key: ExchangeKey,
+        origin: Origin,
+        confirmable: bool,
+        tracker: &TaskTracker,
+    ) {
+        let shared = &self.shared;
+        let busy = shared.in_flight.load(Ordering::Relaxed) >= shared.config.max_in_flight;
+        // Reserve a slot in every flow first, so a record goes to all of them or to none.
+        let mut permits = Vec::with_capacity(self.flows.len());
+        if !busy {
+            for flow in &self.flows {
+                match flow.try_reserve() {
+                    Ok(p) => permits.push(p),
+                    Err(_) => break,
+                }
+            }
+        }
+        if busy || permits.len() < self.flows.len() || self.flows.is_empty() {
+            drop(permits);
+            if confirmable {
+                shared.counters.busy.inc();
+                let bytes = response_bytes(
+                    &packet,
+                    ResponseType::ServiceUnavailable,
+                    b"pipeline is full, try again later",
+                    Some(shared.config.busy_max_age.get().as_secs().max(1) as u32),
+                );
+                shared
+                    .exchanges
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .answer(key, bytes.clone());
+                send(shared, &bytes, key.0).await;
+            } else {
+                shared.counters.non_dropped.inc();
+                tracing::warn!(source = %shared.name, peer = %key.0, "pipeline full: non-confirmable request dropped (the device will not retry it)");
+            }
+            return;
+        }
+
+        let raw = Bytes::from(std::mem::take(&mut packet.payload));
+        let (delivery, watch) = if confirmable {
+            let (d, w) = Delivery::new();
+            (d, Some(w))
+        } else {
+            (Delivery::detached(), None)
+        };
+        let record = Record::new(shared.name.clone(), origin, raw, delivery);
+        let mut permits = permits.into_iter();
+        if let Some(last) = permits.next_back() {
+            for permit in permits {
+                permit.send(record.clone());
+            }
+            last.send(record);
+        }
+
+        if let Some(watch) = watch {
+            shared.in_flight.fetch_add(1, Ordering::Relaxed);
+            let shared = self.shared.clone();
+            tracker.spawn(async move {
+                let bytes = answer_for(&shared, &packet, watch).await;
+                shared
+                    .exchanges
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .answer(key, bytes.clone());
+                shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+                send(&shared, &bytes, key.0).await;
+            });
+        }
+    }
+
+    /// Answers right away (errors, time): caches the answer for retransmissions and sends it.
+    async fn answer_now(
+        &self,
+        request: &Packet,
+        key: ExchangeKey,
+        code: ResponseType,
+        payload: &[u8],
+        respond: bool,
+    ) {
+        if !respond {
+            return;
+        }
+        let bytes = response_bytes(request, code, payload, None);
+        self.shared
+            .exchanges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .answer(key, bytes.clone());
+        send(&self.shared, &bytes, key.0).await;
+    }
+
+    /// How many exchanges are remembered right now (for tests of the bound).
+    pub fn remembered_exchanges(&self) -> usize {
+        self.shared
+            .exchanges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+}
+
+/// Waits for the record's outcome (at most `ack_deadline`) and builds the ACK.
+async fn answer_for(shared: &Shared, request: &Packet, watch: DeliveryWatch) -> Bytes {
+    let outcome = tokio::time::timeout(shared.config.ack_deadline.get(), watch).await;
+    let c = &shared.counters;
+    match outcome {
+        Ok(Ok(Outcome::Delivered { device })) => {
+            c.created.inc();
+            let payload = match shared.config.ack_payload {
+                AckPayload::EfentoConfig => {
+                    shared.downlinks.ack_payload(device.as_deref(), unix_now())
+                }
+                AckPayload::None => Vec::new(),
+            };
+            response_bytes(request, ResponseType::Created, &payload, None)
+        }
+        Ok(Ok(Outcome::Rejected { reason, .. })) => {
+            c.rejected.inc();
+            response_bytes(request, ResponseType::BadRequest, diagnostic(&reason), None)
+        }
+        Ok(Ok(Outcome::Failed { reason })) => {
+            c.failed.inc();
+            tracing::warn!(source = %shared.name, %reason, "answering 5.00: not stored");
+            response_bytes(
+                request,
+                ResponseType::InternalServerError,
+                diagnostic(&reason),
+                None,
+            )
+        }
+        Ok(Err(_)) => {
+            c.failed.inc();
+            response_bytes(
+                request,
+                ResponseType::InternalServerError,
+                b"record lost before it was stored",
+                None,
+            )
+        }
+        Err(_) => {
+            c.failed.inc();
+            c.timed_out.inc();
+            tracing::warn!(source = %shared.name, deadline = %shared.config.ack_deadline, "answering 5.00: sinks did not confirm within the ACK deadline");
+            response_bytes(
+                request,
+                ResponseType::InternalServerError,
+                b"not stored within the ACK deadline",
+                None,
+            )
+        }
+    }
+}
+
+/// A diagnostic payload (RFC 7252 §5.5.2) short enough for a constrained device.
+fn diagnostic(reason: &str) -> &[u8] {
+    let mut end = reason.len().min(120);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason.as_bytes()[..end]
+}
+
+/// A piggybacked answer: ACK for a CON request, NON for a NON one; same message id and token.
+fn response_bytes(
+    request: &Packet,
+    code: ResponseType,
+    payload: &[u8],
+    max_age: Option<u32>,
+) -> Bytes {
+    let mut response = Packet::new();
+    response.header.set_type(match request.header.get_type() {
+        MessageType::Confirmable => MessageType::Acknowledgement,
+        _ => MessageType::NonConfirmable,
+    });
+    response.header.message_id = request.header.message_id;
+    response.header.code = MessageClass::Response(code);
+    response.set_token(request.get_token().to_vec());
+    if let Some(age) = max_age {
+        response.add_option(CoapOption::MaxAge, encode_uint(age));
+    }
+    response.payload = payload.to_vec();
+    match response.to_bytes() {
+        Ok(b) => Bytes::from(b),
+        // Only an over-long payload can fail here; answer without it rather than not at all.
+        Err(_) => {
+            response.payload.clear();
+            Bytes::from(response.to_bytes().unwrap_or_default())
+        }
+    }
+}
+
+fn reset(mid: u16) -> Bytes {
+    // Version 1, type RST (3), token length 0, code 0.00, message id.
+    let [hi, lo] = mid.to_be_bytes();
+    Bytes::from(vec![0x70, 0x00, hi, lo])
+}
+
+/// CoAP uint option encoding: big-endian without leading zero bytes.
+fn encode_uint(v: u32) -> Vec<u8> {
+    let bytes = v.to_be_bytes();
+    let skip = bytes.iter().take_while(|b| **b == 0).count();
+    bytes[skip..].to_vec()
+}
+
+async fn send(shared: &Shared, bytes: &[u8], peer: SocketAddr) {
+    if let Err(e) = shared.socket.send_to(bytes, peer).await {
+        tracing::debug!(source = %shared.name, %peer, error = %e, "UDP send failed");
+    }
+}
+
+fn unix_now() -> u32 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(0)
+}
+
+/// Binds a UDP socket with a large receive buffer (bursts of many devices otherwise overflow the
+/// kernel's default ~212 KiB and are dropped before any code runs; integrations.md §4).
+fn bind_udp(addr: SocketAddr, receive_buffer: usize, name: &str) -> anyhow::Result<UdpSocket> {
+    use anyhow::Context as _;
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .context("creating the UDP socket")?;
+    if let Err(e) = socket.set_recv_buffer_size(receive_buffer) {
+        tracing::warn!(source = name, error = %e, "could not set the UDP receive buffer");
+    }
+    socket.bind(&addr.into()).with_context(|| {
+        format!("source `{name}`: cannot listen on UDP {addr} (in use, or a privileged port?)")
+    })?;
+    socket.set_nonblocking(true)?;
+    let granted = socket.recv_buffer_size().unwrap_or(0);
+    if granted < receive_buffer {
+        tracing::warn!(
+            source = name,
+            asked = receive_buffer,
+            granted,
+            "the kernel granted a smaller UDP receive buffer (raise net.core.rmem_max)"
+        );
+    }
+    Ok(UdpSocket::from_std(socket.into())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(port: u16, mid: u16) -> ExchangeKey {
+        (SocketAddr::from(([127, 0, 0, 1], port)), mid)
+    }
+
+    #[test]
+    fn exchange_cache_stays_within_its_bound() {
+        let mut ex = Exchanges::new(Duration::from_secs(247), 100);
+        let now = Instant::now();
+        for i in 0..10_000u16 {
+            ex.insert(key(1000, i), Exchange::Silent, now);
+        }
+        assert!(ex.len() <= 100, "{} entries", ex.len());
+        assert!(ex.get(&key(1000, 9_999), now).is_some(), "newest kept");
+        assert!(ex.get(&key(1000, 0), now).is_none(), "oldest evicted");
+    }
+
+    #[test]
+    fn exchange_cache_forgets_after_lifetime() {
+        let mut ex = Exchanges::new(Duration::from_secs(10), 100);
+        let t0 = Instant::now();
+        ex.insert(key(1, 1), Exchange::Answered(Bytes::from_static(b"x")), t0);
+        assert!(ex.get(&key(1, 1), t0 + Duration::from_secs(9)).is_some());
+        assert!(ex.get(&key(1, 1), t0 + Duration::from_secs(11)).is_none());
+    }
+
+    #[test]
+    fn uint_options_drop_leading_zero_bytes() {
+        assert_eq!(encode_uint(5), vec![5]);
+        assert_eq!(encode_uint(300), vec![1, 44]);
+        assert_eq!(encode_uint(0), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn response_echoes_message_id_and_token() {
+        let mut req = Packet::new();
+        req.header.set_type(MessageType::Confirmable);
+        req.header.message_id = 0x1234;
+        req.header.code = MessageClass::Request(RequestType::Post);
+        req.set_token(vec![1, 2, 3]);
+        let bytes = response_bytes(&req, ResponseType::ServiceUnavailable, b"busy", Some(5));
+        let resp = Packet::from_bytes(&bytes).unwrap();
+        assert_eq!(resp.header.get_type(), MessageType::Acknowledgement);
+        assert_eq!(resp.header.message_id, 0x1234);
+        assert_eq!(resp.get_token(), &[1, 2, 3]);
+        assert_eq!(
+            resp.header.code,
+            MessageClass::Response(ResponseType::ServiceUnavailable)
+        );
+        assert_eq!(resp.get_first_option(CoapOption::MaxAge), Some(&vec![5]));
+        assert_eq!(resp.payload, b"busy");
+    }
+}

@@ -1,0 +1,26 @@
+//! Stages: plain functions over records, zero or more out per record in. They do no I/O of their own.
+//! A stage that rejects a record turns it into a dead-letter record ([`Record::into_dead_letter`]);
+//! the flow routes those to its dead-letter sink.
+
+pub mod decode;
+
+use crate::config::StageConfig;
+use crate::record::Record;
+
+/// One step of a flow.
+pub trait Stage: Send {
+    /// The stage's name in dead letters, logs and metrics.
+    fn name(&self) -> &'static str;
+    /// Takes one record and pushes what comes out of it (0 for a drop, many for a split).
+    fn process(&mut self, record: Record, out: &mut Vec<Record>);
+}
+
+/// Builds the stages of a flow from its config, in order.
+pub fn build(flow: &str, stages: &[StageConfig]) -> Vec<Box<dyn Stage>> {
+    stages
+        .iter()
+        .map(|s| match s {
+            StageConfig::Decode(c) => Box::new(decode::DecodeStage::new(flow, c)) as Box<dyn Stage>,
+        })
+        .collect()
+}

@@ -1,0 +1,250 @@
+//! Builds a running pipeline from its config: sinks first, then flows, then sources; stops them in the
+//! reverse order so that every record already taken is finished before files are closed.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{FlowConfig, PipelineConfig, SinkKind, SourceKind};
+use crate::downlink::Downlinks;
+use crate::metrics::{self, Counter};
+use crate::record::{Kind, Record};
+use crate::sinks::jsonl::JsonLinesSink;
+use crate::sinks::parquet::ParquetSink;
+use crate::sources::coap::CoapSource;
+use crate::stages::{self, Stage};
+
+type Task = (String, JoinHandle<anyhow::Result<()>>);
+
+/// A started pipeline.
+pub struct Pipeline {
+    shutdown: CancellationToken,
+    sources: Vec<Task>,
+    flows: Vec<Task>,
+    sinks: Vec<Task>,
+    addresses: BTreeMap<String, SocketAddr>,
+    downlinks: Downlinks,
+}
+
+impl Pipeline {
+    /// Starts every component. Fails (with the component's name) if a sink cannot open its destination
+    /// or a source cannot bind its address.
+    pub async fn start(config: PipelineConfig) -> anyhow::Result<Pipeline> {
+        let shutdown = CancellationToken::new();
+        let downlinks = Downlinks::new();
+
+        let mut sink_senders: BTreeMap<String, mpsc::Sender<Record>> = BTreeMap::new();
+        let mut sinks = Vec::new();
+        for (name, sink) in &config.sinks {
+            let (tx, rx) = mpsc::channel(sink.queue);
+            let handle = match &sink.kind {
+                SinkKind::Parquet(c) => {
+                    let s = ParquetSink::new(name, c).with_context(|| format!("sink `{name}`"))?;
+                    tokio::spawn(s.run(rx))
+                }
+                SinkKind::JsonLines(c) => {
+                    let s =
+                        JsonLinesSink::new(name, c).with_context(|| format!("sink `{name}`"))?;
+                    tokio::spawn(s.run(rx))
+                }
+            };
+            sink_senders.insert(name.clone(), tx);
+            sinks.push((format!("sink `{name}`"), handle));
+        }
+
+        let mut flow_inputs: BTreeMap<String, Vec<mpsc::Sender<Record>>> = BTreeMap::new();
+        let mut flows = Vec::new();
+        for flow in &config.flows {
+            let (tx, rx) = mpsc::channel(flow.queue);
+            for source in &flow.from {
+                flow_inputs
+                    .entry(source.clone())
+                    .or_default()
+                    .push(tx.clone());
+            }
+            let runner = FlowRunner::new(flow, &sink_senders);
+            flows.push((
+                format!("flow `{}`", flow.name),
+                tokio::spawn(runner.run(rx)),
+            ));
+        }
+        // Flows hold the only sink senders now: a sink ends when every flow feeding it has ended.
+        drop(sink_senders);
+
+        let mut sources = Vec::new();
+        let mut addresses = BTreeMap::new();
+        for (name, source) in &config.sources {
+            let Some(inputs) = flow_inputs.remove(name) else {
+                tracing::warn!(source = %name, "source is not read by any flow; not started");
+                continue;
+            };
+            match &source.kind {
+                SourceKind::Coap(c) => {
+                    let s = CoapSource::bind(name, c, inputs, downlinks.clone())?;
+                    addresses.insert(name.clone(), s.local_addr()?);
+                    sources.push((
+                        format!("source `{name}`"),
+                        tokio::spawn(s.run(shutdown.child_token())),
+                    ));
+                }
+            }
+        }
+
+        Ok(Pipeline {
+            shutdown,
+            sources,
+            flows,
+            sinks,
+            addresses,
+            downlinks,
+        })
+    }
+
+    /// The bound address of a source (useful with port 0).
+    pub fn local_addr(&self, source: &str) -> Option<SocketAddr> {
+        self.addresses.get(source).copied()
+    }
+
+    /// The queue of pending Efento configuration changes, delivered in the next ACK to each device.
+    pub fn downlinks(&self) -> &Downlinks {
+        &self.downlinks
+    }
+
+    /// A token that stops the pipeline when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops reading, finishes every record already taken, closes the sinks. Returns the first error.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.join().await
+    }
+
+    /// Waits until the pipeline stops (its shutdown token is cancelled).
+    pub async fn join(self) -> anyhow::Result<()> {
+        let mut first_error = None;
+        for (name, handle) in self.sources.into_iter().chain(self.flows).chain(self.sinks) {
+            let result = match handle.await {
+                Ok(r) => r,
+                Err(e) => Err(anyhow::anyhow!("task panicked: {e}")),
+            };
+            if let Err(e) = result {
+                tracing::error!(component = %name, error = %format!("{e:#}"), "component failed");
+                first_error.get_or_insert(e.context(name));
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// One flow at run time: its stages, and where its records go.
+struct FlowRunner {
+    stages: Vec<Box<dyn Stage>>,
+    router: Router,
+}
+
+/// Where a flow's records go: good ones to every `to` sink, rejects to the dead-letter sink.
+struct Router {
+    name: Arc<str>,
+    to: Vec<(String, mpsc::Sender<Record>)>,
+    dead_letter: Option<mpsc::Sender<Record>>,
+    rejected_without_dead_letter: Counter,
+    dead_lettered: Counter,
+}
+
+impl FlowRunner {
+    fn new(flow: &FlowConfig, sinks: &BTreeMap<String, mpsc::Sender<Record>>) -> Self {
+        let to = flow
+            .to
+            .iter()
+            .filter_map(|s| sinks.get(s).map(|tx| (s.clone(), tx.clone())))
+            .collect();
+        let dead_letter = flow
+            .dead_letter
+            .as_ref()
+            .and_then(|s| sinks.get(s).cloned());
+        if dead_letter.is_none() {
+            tracing::warn!(flow = %flow.name, "flow has no dead_letter sink: rejected records are only logged and counted");
+        }
+        let router = Router {
+            name: flow.name.as_str().into(),
+            to,
+            dead_letter,
+            rejected_without_dead_letter: metrics::counter(
+                "component_discarded_events_total",
+                &[
+                    ("component", &flow.name),
+                    ("reason", "rejected_without_dead_letter"),
+                ],
+            ),
+            dead_lettered: metrics::counter("dead_lettered_records_total", &[("flow", &flow.name)]),
+        };
+        FlowRunner {
+            stages: stages::build(&flow.name, &flow.stages),
+            router,
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Record>) -> anyhow::Result<()> {
+        let mut batch = Vec::with_capacity(256);
+        let mut current = Vec::new();
+        let mut next = Vec::new();
+        while rx.recv_many(&mut batch, 256).await > 0 {
+            for record in batch.drain(..) {
+                current.push(record);
+                for stage in self.stages.iter_mut() {
+                    for r in current.drain(..) {
+                        if r.kind == Kind::DeadLetter {
+                            next.push(r);
+                        } else {
+                            stage.process(r, &mut next);
+                        }
+                    }
+                    std::mem::swap(&mut current, &mut next);
+                }
+                for r in current.drain(..) {
+                    self.router.route(r).await;
+                }
+            }
+        }
+        tracing::debug!(flow = %self.router.name, "flow drained");
+        Ok(())
+    }
+}
+
+impl Router {
+    async fn route(&self, record: Record) {
+        if record.kind == Kind::DeadLetter {
+            self.dead_lettered.inc();
+            match &self.dead_letter {
+                Some(tx) => {
+                    // A closed sink drops the record, and its unsettled token tells the source "failed".
+                    let _ = tx.send(record).await;
+                }
+                None => {
+                    self.rejected_without_dead_letter.inc();
+                    tracing::warn!(flow = %self.name, error = ?record.body.get("error"), raw_hex = ?record.body.get("raw_hex"), "record rejected (no dead_letter sink configured)");
+                    record.delivery.delivered();
+                }
+            }
+            return;
+        }
+        let Some(((_, last), rest)) = self.to.split_last() else {
+            record.delivery.delivered();
+            return;
+        };
+        for (_, tx) in rest {
+            let _ = tx.send(record.clone()).await;
+        }
+        let _ = last.send(record).await;
+    }
+}

@@ -1,0 +1,385 @@
+//! Shared helpers for the integration tests: start `sensorgate run` on free loopback ports, find the
+//! real peers the tests talk to (coap-client-notls, Python with aiocoap/pyarrow/duckdb), read back.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub fn sensorgate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sensorgate"))
+}
+
+/// The shared vectors: ../shared/vectors when present, else the copies under tests/fixtures.
+pub fn vectors_dir(kind: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shared = root.join("../shared/vectors").join(kind);
+    if shared.is_dir() {
+        shared
+    } else {
+        root.join("tests/fixtures").join(kind)
+    }
+}
+
+pub fn vector(kind: &str, name: &str) -> serde_json::Value {
+    let path = vectors_dir(kind).join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+pub fn vector_bytes(kind: &str, name: &str) -> Vec<u8> {
+    hex::decode(vector(kind, name)["hex"].as_str().unwrap()).unwrap()
+}
+
+/// A real peer program, or `None` (the test then skips) unless SENSORGATE_REQUIRE_PEERS=1,
+/// which the project's test script sets so that a missing peer fails instead of skipping.
+pub fn peer(program: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(program))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        require_or_skip(&format!("`{program}` is not installed"));
+    }
+    found
+}
+
+/// The Python that has aiocoap, pyarrow and duckdb (the test script makes it), or `None`.
+pub fn python() -> Option<PathBuf> {
+    let candidate = std::env::var_os("SENSORGATE_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
+    let ok = Command::new(&candidate)
+        .args(["-c", "import aiocoap, pyarrow, duckdb, pytz"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        require_or_skip(&format!(
+            "{} lacks aiocoap/pyarrow/duckdb (run scripts/test.sh)",
+            candidate.display()
+        ));
+        return None;
+    }
+    Some(candidate)
+}
+
+fn require_or_skip(why: &str) {
+    if std::env::var("SENSORGATE_REQUIRE_PEERS").is_ok_and(|v| v == "1") {
+        panic!("{why}, and SENSORGATE_REQUIRE_PEERS=1");
+    }
+    eprintln!("SKIPPED: {why}; run scripts/test.sh to install the peers");
+}
+
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `sensorgate run` child process with its own directory; killed when dropped.
+pub struct Running {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub coap: SocketAddr,
+    pub log: Arc<Mutex<String>>,
+}
+
+/// The default-style pipeline on a free port, writing under `dir`.
+pub fn pipeline_toml(port: u16, extra_coap: &str, commit_interval: &str) -> String {
+    format!(
+        r#"
+[sources.efento]
+type = "coap"
+listen = "127.0.0.1:{port}"
+{extra_coap}
+
+[sinks.lake]
+type = "parquet"
+path = "lake"
+commit_interval = "{commit_interval}"
+
+[sinks.rejects]
+type = "json_lines"
+path = "rejects.jsonl"
+
+[[flows]]
+name = "efento"
+from = ["efento"]
+stages = [{{ type = "decode", codec = "efento" }}]
+to = ["lake"]
+dead_letter = "rejects"
+"#
+    )
+}
+
+impl Running {
+    pub fn start(extra_coap: &str) -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, extra_coap, "100ms")
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, extra_coap: &str, commit_interval: &str) -> Running {
+        let port = free_udp_port();
+        std::fs::write(
+            dir.path().join("pipeline.toml"),
+            pipeline_toml(port, extra_coap, commit_interval),
+        )
+        .unwrap();
+        let mut child = sensorgate()
+            .args(["run", "--config", "pipeline.toml"])
+            .current_dir(dir.path())
+            .env("SENSORGATE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start sensorgate");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let coap: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let running = Running {
+            child,
+            dir,
+            coap,
+            log,
+        };
+        running.wait_ready();
+        running
+    }
+
+    /// Waits until the server answers a CoAP ping (CON, code 0.00) with a reset.
+    fn wait_ready(&self) {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut buf = [0u8; 64];
+        while Instant::now() < deadline {
+            let _ = sock.send_to(&[0x40, 0x00, 0x12, 0x34], self.coap);
+            if let Ok((n, _)) = sock.recv_from(&mut buf)
+                && n >= 4
+                && buf[0] >> 4 == 0x7
+            {
+                return;
+            }
+        }
+        panic!("sensorgate did not start; log:\n{}", self.log());
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no exit after SIGTERM; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A raw CoAP exchange over UDP: sends `request` and returns the first answer (or None on timeout).
+pub fn udp_exchange(
+    sock: &UdpSocket,
+    to: SocketAddr,
+    request: &[u8],
+    wait: Duration,
+) -> Option<Vec<u8>> {
+    sock.set_read_timeout(Some(wait)).unwrap();
+    sock.send_to(request, to).unwrap();
+    let mut buf = vec![0u8; 2048];
+    match sock.recv_from(&mut buf) {
+        Ok((n, _)) => Some(buf[..n].to_vec()),
+        Err(_) => None,
+    }
+}
+
+/// A CoAP request built by hand (RFC 7252 §3): version 1, type, code, message id, token, Uri-Path
+/// segments and any extra options (sorted by number), payload.
+pub fn coap_request(
+    confirmable: bool,
+    code: u8,
+    mid: u16,
+    token: &[u8],
+    path: &str,
+    payload: &[u8],
+) -> Vec<u8> {
+    coap_request_with(confirmable, code, mid, token, path, &[], payload)
+}
+
+pub fn coap_request_with(
+    confirmable: bool,
+    code: u8,
+    mid: u16,
+    token: &[u8],
+    path: &str,
+    extra: &[(u16, &[u8])],
+    payload: &[u8],
+) -> Vec<u8> {
+    let t = if confirmable { 0 } else { 1 };
+    let mut out = vec![0x40 | (t << 4) | token.len() as u8, code];
+    out.extend_from_slice(&mid.to_be_bytes());
+    out.extend_from_slice(token);
+    let mut options: Vec<(u16, &[u8])> = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| (11u16, s.as_bytes()))
+        .collect();
+    options.extend_from_slice(extra);
+    options.sort_by_key(|(n, _)| *n);
+    let nibble = |v: u16| -> (u8, Vec<u8>) {
+        if v < 13 {
+            (v as u8, vec![])
+        } else if v < 269 {
+            (13, vec![(v - 13) as u8])
+        } else {
+            (14, (v - 269).to_be_bytes().to_vec())
+        }
+    };
+    let mut last = 0u16;
+    for (number, value) in options {
+        let (d, dext) = nibble(number - last);
+        let (l, lext) = nibble(value.len() as u16);
+        out.push((d << 4) | l);
+        out.extend(dext);
+        out.extend(lext);
+        out.extend_from_slice(value);
+        last = number;
+    }
+    if !payload.is_empty() {
+        out.push(0xFF);
+        out.extend_from_slice(payload);
+    }
+    out
+}
+
+/// (type, code "c.dd", message id, token, options as (number, value), payload) of a CoAP message.
+pub struct CoapMessage {
+    pub ty: u8,
+    pub code: String,
+    pub mid: u16,
+    pub token: Vec<u8>,
+    pub options: Vec<(u16, Vec<u8>)>,
+    pub payload: Vec<u8>,
+}
+
+pub fn parse_coap(msg: &[u8]) -> CoapMessage {
+    let tkl = (msg[0] & 0x0F) as usize;
+    let mut i = 4 + tkl;
+    let mut options = Vec::new();
+    let mut number = 0u16;
+    let mut payload = Vec::new();
+    let ext = |nibble: u8, i: &mut usize| -> u16 {
+        match nibble {
+            13 => {
+                *i += 1;
+                u16::from(msg[*i - 1]) + 13
+            }
+            14 => {
+                *i += 2;
+                u16::from_be_bytes([msg[*i - 2], msg[*i - 1]]) + 269
+            }
+            n => u16::from(n),
+        }
+    };
+    while i < msg.len() {
+        let b = msg[i];
+        i += 1;
+        if b == 0xFF {
+            payload = msg[i..].to_vec();
+            break;
+        }
+        number += ext(b >> 4, &mut i);
+        let len = ext(b & 0x0F, &mut i) as usize;
+        options.push((number, msg[i..i + len].to_vec()));
+        i += len;
+    }
+    CoapMessage {
+        ty: (msg[0] >> 4) & 0x3,
+        code: format!("{}.{:02}", msg[1] >> 5, msg[1] & 0x1F),
+        mid: u16::from_be_bytes([msg[2], msg[3]]),
+        token: msg[4..4 + tkl].to_vec(),
+        options,
+        payload,
+    }
+}
+
+/// Compares a decoded document with a vector's `expected`: every expected key must be present and
+/// equal (numbers within 1e-9); extra keys in `actual` objects are allowed only at the top level.
+pub fn assert_matches(
+    expected: &serde_json::Value,
+    actual: &serde_json::Value,
+    path: &str,
+    top: bool,
+) {
+    use serde_json::Value;
+    match (expected, actual) {
+        (Value::Number(e), Value::Number(a)) => {
+            let (e, a) = (e.as_f64().unwrap(), a.as_f64().unwrap());
+            assert!((e - a).abs() <= 1e-9, "{path}: expected {e}, got {a}");
+        }
+        (Value::Object(e), Value::Object(a)) => {
+            for (k, ev) in e {
+                let av = a
+                    .get(k)
+                    .unwrap_or_else(|| panic!("{path}.{k}: missing in {actual}"));
+                assert_matches(ev, av, &format!("{path}.{k}"), false);
+            }
+            if !top {
+                for k in a.keys() {
+                    assert!(e.contains_key(k), "{path}.{k}: not expected (got {actual})");
+                }
+            }
+        }
+        (Value::Array(e), Value::Array(a)) => {
+            assert_eq!(
+                e.len(),
+                a.len(),
+                "{path}: {} items expected, got {}",
+                e.len(),
+                a.len()
+            );
+            for (i, (ev, av)) in e.iter().zip(a).enumerate() {
+                assert_matches(ev, av, &format!("{path}[{i}]"), false);
+            }
+        }
+        (e, a) => assert_eq!(e, a, "{path}"),
+    }
+}
