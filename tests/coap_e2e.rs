@@ -437,6 +437,26 @@ fn overloaded_pipeline_answers_503_with_max_age() {
 }
 
 #[test]
+fn sinks_slower_than_the_ack_deadline_get_500_not_a_late_201() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = Running::start_in(dir, "ack_deadline = \"300ms\"", "2s");
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let seed = vector_bytes("efento", "m00_seed_open_close");
+    let started = Instant::now();
+    let answer = udp_exchange(
+        &sock,
+        running.coap,
+        &coap_request(true, POST, 0x0a0a, &[], "m", &seed),
+        Duration::from_secs(5),
+    )
+    .expect("an answer");
+    let msg = parse_coap(&answer);
+    assert_eq!(msg.code, "5.00");
+    assert!(String::from_utf8_lossy(&msg.payload).contains("deadline"));
+    assert!(started.elapsed() < Duration::from_millis(1500), "answered at the deadline");
+}
+
+#[test]
 fn sigterm_under_load_keeps_every_acknowledged_frame_in_readable_parquet() {
     let mut running = Running::start("");
     let lake = running.path("lake");

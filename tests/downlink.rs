@@ -1,0 +1,71 @@
+//! The library side of downlinks: a configuration change queued for a serial travels in the 2.01 of
+//! that device's next confirmable request, exactly once, next to current_time.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::time::Duration;
+
+use common::*;
+use prost::Message as _;
+use sensorgate::codecs::efento::proto::ProtoConfig;
+use sensorgate::topology::Pipeline;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_configuration_rides_in_the_next_ack_of_that_device_only_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = pipeline_toml(0, "", "50ms").replace(
+        "path = \"lake\"",
+        &format!("path = \"{}\"", dir.path().join("lake").display()),
+    );
+    let toml = toml.replace(
+        "path = \"rejects.jsonl\"",
+        &format!("path = \"{}\"", dir.path().join("rejects.jsonl").display()),
+    );
+    let (config, _) = sensorgate::config::load_str("test.toml", &toml, &|_| None).unwrap();
+    let pipeline = Pipeline::start(config).await.unwrap();
+    let addr = pipeline.local_addr("efento").unwrap();
+
+    pipeline.downlinks().enqueue(
+        "282c024156af",
+        ProtoConfig {
+            transmission_interval: 600,
+            device_info_request: true,
+            ..Default::default()
+        },
+    );
+    assert!(pipeline.downlinks().is_pending("282C024156AF"));
+
+    let seed = vector_bytes("efento", "m00_seed_open_close");
+    let other = vector_bytes("efento", "m01_temp_humidity_negative");
+    let exchange = move |mid: u16, payload: Vec<u8>| {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let answer = udp_exchange(
+            &sock,
+            addr,
+            &coap_request(true, 0x02, mid, &[1], "m", &payload),
+            Duration::from_secs(5),
+        )
+        .expect("an answer");
+        let msg = parse_coap(&answer);
+        assert_eq!(msg.code, "2.01");
+        ProtoConfig::decode(msg.payload.as_slice()).unwrap()
+    };
+
+    // Another device's ACK carries only the time.
+    let o = other.clone();
+    let ack = tokio::task::spawn_blocking(move || exchange(1, o)).await.unwrap();
+    assert_eq!(ack.transmission_interval, 0);
+    assert!(ack.current_time > 0);
+
+    let s = seed.clone();
+    let ack = tokio::task::spawn_blocking(move || exchange(2, s)).await.unwrap();
+    assert_eq!(ack.transmission_interval, 600);
+    assert!(ack.device_info_request);
+    assert!(ack.current_time > 0);
+    assert!(!pipeline.downlinks().is_pending("282C024156AF"));
+
+    let ack = tokio::task::spawn_blocking(move || exchange(3, seed)).await.unwrap();
+    assert_eq!(ack.transmission_interval, 0, "delivered once");
+    pipeline.stop().await.unwrap();
+}
