@@ -5,6 +5,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+// glibc's allocator spent ~40% of the CPU in malloc/free and its consolidation under load
+// (perf, `loadgen coap` at 15k requests/s); mimalloc's per-thread pages avoid that.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "sensorgate",

@@ -73,6 +73,30 @@ fn validate_accepts_the_default_pipeline() {
 }
 
 #[test]
+fn every_example_pipeline_validates_without_warnings() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        if entry.path().extension().is_some_and(|e| e == "toml") {
+            let out = sensorgate()
+                .arg("validate")
+                .arg(entry.path())
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{}: {err}", entry.path().display());
+            assert!(
+                !err.contains("warning"),
+                "{}: {err}",
+                entry.path().display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1);
+}
+
+#[test]
 fn validate_reports_typo_unknown_key_missing_sink_and_bad_duration_with_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("broken.toml");

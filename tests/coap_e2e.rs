@@ -453,7 +453,10 @@ fn sinks_slower_than_the_ack_deadline_get_500_not_a_late_201() {
     let msg = parse_coap(&answer);
     assert_eq!(msg.code, "5.00");
     assert!(String::from_utf8_lossy(&msg.payload).contains("deadline"));
-    assert!(started.elapsed() < Duration::from_millis(1500), "answered at the deadline");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "answered at the deadline"
+    );
 }
 
 #[test]

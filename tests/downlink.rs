@@ -54,18 +54,24 @@ async fn queued_configuration_rides_in_the_next_ack_of_that_device_only_once() {
 
     // Another device's ACK carries only the time.
     let o = other.clone();
-    let ack = tokio::task::spawn_blocking(move || exchange(1, o)).await.unwrap();
+    let ack = tokio::task::spawn_blocking(move || exchange(1, o))
+        .await
+        .unwrap();
     assert_eq!(ack.transmission_interval, 0);
     assert!(ack.current_time > 0);
 
     let s = seed.clone();
-    let ack = tokio::task::spawn_blocking(move || exchange(2, s)).await.unwrap();
+    let ack = tokio::task::spawn_blocking(move || exchange(2, s))
+        .await
+        .unwrap();
     assert_eq!(ack.transmission_interval, 600);
     assert!(ack.device_info_request);
     assert!(ack.current_time > 0);
     assert!(!pipeline.downlinks().is_pending("282C024156AF"));
 
-    let ack = tokio::task::spawn_blocking(move || exchange(3, seed)).await.unwrap();
+    let ack = tokio::task::spawn_blocking(move || exchange(3, seed))
+        .await
+        .unwrap();
     assert_eq!(ack.transmission_interval, 0, "delivered once");
     pipeline.stop().await.unwrap();
 }

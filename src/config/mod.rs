@@ -26,7 +26,7 @@ use crate::sources::coap::CoapConfig;
 use crate::stages::decode::DecodeConfig;
 
 /// Default capacity of the bounded queue in front of a flow or a sink.
-pub const DEFAULT_QUEUE: usize = 4096;
+pub const DEFAULT_QUEUE: usize = 16_384;
 
 /// A whole pipeline, checked: every reference resolves.
 #[derive(Debug, Clone)]
@@ -987,6 +987,76 @@ mod tests {
             "did you mean `listen`?"
         );
         assert!(suggest("zzzzzz", &["listen", "paths"], "keys").starts_with("known keys"));
+    }
+
+    const GOOD: &str = r#"
+[sources.efento]
+type = "coap"
+listen = "127.0.0.1:5683"
+
+[sinks.lake]
+type = "parquet"
+path = "data"
+queue = 10
+
+[[flows]]
+name = "efento"
+from = ["efento"]
+stages = [{ type = "decode", codec = "efento" }]
+to = ["lake"]
+"#;
+
+    #[test]
+    fn a_good_pipeline_loads_with_defaults_and_shared_keys() {
+        let (config, report) = load_str("p.toml", GOOD, &no_env).unwrap();
+        assert_eq!(report.errors(), 0);
+        assert_eq!(config.sinks["lake"].queue, 10);
+        assert_eq!(config.flows[0].queue, DEFAULT_QUEUE);
+        assert_eq!(config.flows[0].stages.len(), 1);
+        let SourceKind::Coap(coap) = &config.sources["efento"].kind;
+        assert_eq!(
+            coap.ack_deadline.get(),
+            std::time::Duration::from_millis(1500)
+        );
+        assert_eq!(coap.paths.len(), 4);
+    }
+
+    #[test]
+    fn every_problem_is_reported_not_just_the_first() {
+        let text = GOOD
+            .replace("listen =", "lisen =")
+            .replace("codec = \"efento\"", "codec = \"efentoo\"")
+            + "\n[[flows]]\nname = \"efento\"\nfrom = [\"nowhere\"]\nto = [\"lake\"]\n";
+        let report = load_str("p.toml", &text, &no_env).unwrap_err();
+        let messages: Vec<&str> = report
+            .diagnostics
+            .iter()
+            .map(|d| d.message.as_str())
+            .collect();
+        assert!(messages.iter().any(|m| m.contains("lisen")), "{messages:?}");
+        assert!(
+            messages.iter().any(|m| m.contains("efentoo")),
+            "{messages:?}"
+        );
+        assert!(
+            messages.iter().any(|m| m.contains("used twice")),
+            "{messages:?}"
+        );
+        assert!(
+            messages.iter().any(|m| m.contains("`nowhere`")),
+            "{messages:?}"
+        );
+        assert_eq!(report.errors(), 4, "{report}");
+    }
+
+    #[test]
+    fn unknown_section_and_missing_type_are_errors_with_hints() {
+        let text = format!("{GOOD}\n[sinkz.x]\ntype = \"parquet\"\n[sinks.y]\npath = \"p\"\n");
+        let report = load_str("p.toml", &text, &no_env).unwrap_err();
+        let shown = report.to_string();
+        assert!(shown.contains("unknown section `sinkz`"), "{shown}");
+        assert!(shown.contains("did you mean `sinks`?"), "{shown}");
+        assert!(shown.contains("sink `y` has no `type`"), "{shown}");
     }
 
     #[test]

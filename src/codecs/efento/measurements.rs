@@ -123,6 +123,9 @@ fn key(k: &'static str) -> String {
 }
 
 /// Builds the measurements document of a decoded frame (sections 3.1 and 4.1 to 4.4).
+///
+/// The maps are built from key-ordered arrays: collecting sorted entries into a map is cheaper than inserting
+/// them one by one.
 fn document(frame: &ProtoMeasurements, serial: &str) -> Result<Map<String, Value>, DecodeError> {
     let base = frame.measurement_period_base;
     let factor = effective_factor(frame.measurement_period_factor, &frame.channels);
@@ -130,65 +133,72 @@ fn document(frame: &ProtoMeasurements, serial: &str) -> Result<Map<String, Value
 
     let measurements = rows(frame, base, period)?;
 
-    let mut body = Map::new();
-    body.insert(key("serial"), Value::String(serial.to_owned()));
-    body.insert(key("battery_ok"), Value::Bool(frame.battery_status));
-    body.insert(key("signal"), Value::from(frame.signal));
-    body.insert(key("measurement_period_s"), Value::from(period));
-    body.insert(
-        key("next_transmission_at"),
-        match frame.next_transmission_at {
-            0 => Value::Null,
-            t => Value::from(t),
-        },
-    );
-    body.insert(key("measurements"), Value::Array(measurements));
-    if !frame.cloud_token.is_empty() {
-        body.insert(key("cloud_token"), Value::String(frame.cloud_token.clone()));
-    }
-    if frame.battery_level != 0 {
-        body.insert(key("battery_level"), battery_level(frame.battery_level));
-    }
-
-    let mut extra = Map::new();
-    extra.insert(key("transfer_reason"), Value::from(frame.transfer_reason));
-    extra.insert(
-        key("transfer_reason_decoded"),
-        transfer_reason(frame.transfer_reason),
-    );
-    extra.insert(
-        key("configuration_hash"),
-        Value::from(frame.configuration_hash),
-    );
-    extra.insert(key("measurement_period_base"), Value::from(base));
-    extra.insert(
-        key("measurement_period_factor"),
-        Value::from(frame.measurement_period_factor),
-    );
-    extra.insert(key("effective_factor"), Value::from(factor));
+    let mut extra: Map<String, Value> = [
+        (
+            key("configuration_hash"),
+            Value::from(frame.configuration_hash),
+        ),
+        (key("effective_factor"), Value::from(factor)),
+        (key("measurement_period_base"), Value::from(base)),
+        (
+            key("measurement_period_factor"),
+            Value::from(frame.measurement_period_factor),
+        ),
+        (key("transfer_reason"), Value::from(frame.transfer_reason)),
+        (
+            key("transfer_reason_decoded"),
+            transfer_reason(frame.transfer_reason),
+        ),
+    ]
+    .into_iter()
+    .collect();
     if frame.extended_configuration_hash != 0 {
         extra.insert(
             key("extended_configuration_hash"),
             Value::from(frame.extended_configuration_hash),
         );
     }
-    body.insert(key("extra"), Value::Object(extra));
+
+    let next_transmission_at = match frame.next_transmission_at {
+        0 => Value::Null,
+        t => Value::from(t),
+    };
+    let mut body: Map<String, Value> = [
+        (key("battery_ok"), Value::Bool(frame.battery_status)),
+        (key("extra"), Value::Object(extra)),
+        (key("measurement_period_s"), Value::from(period)),
+        (key("measurements"), Value::Array(measurements)),
+        (key("next_transmission_at"), next_transmission_at),
+        (key("serial"), Value::String(serial.to_owned())),
+        (key("signal"), Value::from(frame.signal)),
+    ]
+    .into_iter()
+    .collect();
+    if !frame.cloud_token.is_empty() {
+        body.insert(key("cloud_token"), Value::String(frame.cloud_token.clone()));
+    }
+    if frame.battery_level != 0 {
+        body.insert(key("battery_level"), battery_level(frame.battery_level));
+    }
     Ok(body)
 }
 
 /// The transfer reason bit mask of section 3.1, field by field.
 fn transfer_reason(v: u32) -> Value {
     let bit = |n: u32| Value::Bool(v & (1 << n) != 0);
-    let mut m = Map::new();
-    m.insert(key("first_after_reset"), bit(0));
-    m.insert(key("button"), bit(1));
-    m.insert(key("bluetooth"), bit(2));
-    m.insert(key("retries"), Value::from((v >> 3) & 0x1F));
-    m.insert(key("rules_mask"), Value::from((v >> 8) & 0xFFF));
-    m.insert(key("limit_end"), bit(20));
-    m.insert(key("pin_tamper"), bit(21));
-    m.insert(key("enclosure_tamper"), bit(22));
-    m.insert(key("before_shutdown"), bit(23));
+    let m: Map<String, Value> = [
+        (key("before_shutdown"), bit(23)),
+        (key("bluetooth"), bit(2)),
+        (key("button"), bit(1)),
+        (key("enclosure_tamper"), bit(22)),
+        (key("first_after_reset"), bit(0)),
+        (key("limit_end"), bit(20)),
+        (key("pin_tamper"), bit(21)),
+        (key("retries"), Value::from((v >> 3) & 0x1F)),
+        (key("rules_mask"), Value::from((v >> 8) & 0xFFF)),
+    ]
+    .into_iter()
+    .collect();
     Value::Object(m)
 }
 
@@ -241,25 +251,108 @@ fn rows(frame: &ProtoMeasurements, base: u32, period: u64) -> Result<Vec<Value>,
     for (slot, (ch, points)) in frame.channels.iter().zip(expanded).enumerate() {
         let channel = slot as u64 + 1;
         match (measurement_type(ch.r#type), points) {
-            (Some(info), Some(points)) => {
-                if let Scale::Binary { positive, negative } = info.scale {
-                    for p in points {
-                        let state = if p.positive { positive } else { negative };
-                        let mut row = Map::new();
-                        row.insert(key("channel"), Value::from(channel));
-                        row.insert(key("type"), Value::String(info.name.to_owned()));
-                        row.insert(key("ts"), Value::from(p.ts));
-                        row.insert(key("value"), Value::String(state.to_owned()));
-                        row.insert(key("unit"), Value::Null);
-                        out.push(Value::Object(row));
-                    }
-                }
-            }
+            (Some(info), Some(points)) => binary(&points, channel, info, &mut out),
             (Some(info), None) if info.scale == Scale::Empty => {}
             (info, _) => continuous(ch, channel, info, period, &mut out)?,
         }
     }
     Ok(out)
+}
+
+/// The fields every row of a channel shares: channel, type (and type_code for unknown types), unit. Rows are
+/// cloned from it: cloning a map copies its entries in order, which costs far less than inserting them one
+/// by one.
+fn row_template(
+    channel: u64,
+    name: &'static str,
+    type_code: Option<i32>,
+    unit: Option<&str>,
+) -> Map<String, Value> {
+    let mut row = Map::new();
+    row.insert(key("channel"), Value::from(channel));
+    row.insert(key("type"), Value::String(name.to_owned()));
+    if let Some(code) = type_code {
+        row.insert(key("type_code"), Value::from(code));
+    }
+    row.insert(key("ts"), Value::Null);
+    row.insert(
+        key("unit"),
+        unit.map_or(Value::Null, |u| Value::String(u.to_owned())),
+    );
+    row.insert(key("value"), Value::Null);
+    row
+}
+
+/// Where the per-row fields sit in a template's key order (`usize::MAX` when the template lacks the field), so
+/// a cloned row is filled in one pass over its values without looking keys up.
+#[derive(Clone, Copy)]
+struct Slots {
+    ts: usize,
+    value: usize,
+    raw: usize,
+    meta: usize,
+}
+
+impl Slots {
+    fn of(template: &Map<String, Value>) -> Slots {
+        let at = |k: &str| {
+            template
+                .keys()
+                .position(|key| key == k)
+                .unwrap_or(usize::MAX)
+        };
+        Slots {
+            ts: at("ts"),
+            value: at("value"),
+            raw: at("raw"),
+            meta: at("meta"),
+        }
+    }
+}
+
+/// A clone of `template` with ts, value, raw and meta replaced (`None` leaves the template's value).
+fn fill(
+    template: &Map<String, Value>,
+    slots: Slots,
+    ts: i64,
+    mut value: Option<Value>,
+    raw: Option<i64>,
+    meta: Option<i64>,
+) -> Value {
+    let mut row = template.clone();
+    for (i, v) in row.values_mut().enumerate() {
+        let new = if i == slots.ts {
+            Some(Value::from(ts))
+        } else if i == slots.value {
+            value.take()
+        } else if i == slots.raw {
+            raw.map(Value::from)
+        } else if i == slots.meta {
+            meta.map(Value::from)
+        } else {
+            None
+        };
+        if let Some(new) = new {
+            *v = new;
+        }
+    }
+    Value::Object(row)
+}
+
+/// Rows of an expanded binary channel (section 4.3): the state name as the value, unit null.
+fn binary(points: &[BinaryPoint], channel: u64, info: &TypeInfo, out: &mut Vec<Value>) {
+    let Scale::Binary { positive, negative } = info.scale else {
+        return;
+    };
+    let mut on = row_template(channel, info.name, None, None);
+    let mut off = on.clone();
+    on.insert(key("value"), Value::String(positive.to_owned()));
+    off.insert(key("value"), Value::String(negative.to_owned()));
+    let slots = Slots::of(&on);
+    for p in points {
+        let template = if p.positive { &on } else { &off };
+        out.push(fill(template, slots, p.ts, None, None, None));
+    }
 }
 
 /// Rows of a continuous channel (section 4.2). `info` is `None` for a type number the table does not know:
@@ -271,10 +364,18 @@ fn continuous(
     period: u64,
     out: &mut Vec<Value>,
 ) -> Result<(), DecodeError> {
-    let (name, scale, unit) = match info {
-        Some(i) => (i.name, i.scale, i.unit),
-        None => ("unknown", Scale::Divisor(1), None),
+    let (name, scale, unit, type_code) = match info {
+        Some(i) => (i.name, i.scale, i.unit, None),
+        None => ("unknown", Scale::Divisor(1), None, Some(ch.r#type)),
     };
+    let template = row_template(channel, name, type_code, unit);
+    let mut value_template = template.clone();
+    value_template.insert(key("raw"), Value::Null);
+    if let Scale::Meta(_) = scale {
+        value_template.insert(key("meta"), Value::Null);
+    }
+    let error_slots = Slots::of(&template);
+    let value_slots = Slots::of(&value_template);
     let t0 = i128::from(ch.timestamp);
     let start = i64::from(ch.start_point);
     for (i, &off) in ch.sample_offsets.iter().enumerate() {
@@ -282,45 +383,39 @@ fn continuous(
         let ts = i64::try_from(ts).map_err(|_| DecodeError::TimeOutOfRange {
             channel: channel as usize,
         })?;
-        let mut row = Map::new();
-        row.insert(key("channel"), Value::from(channel));
-        row.insert(key("type"), Value::String(name.to_owned()));
-        if info.is_none() {
-            row.insert(key("type_code"), Value::from(ch.r#type));
-        }
-        row.insert(key("ts"), Value::from(ts));
-        row.insert(
-            key("unit"),
-            unit.map_or(Value::Null, |u| Value::String(u.to_owned())),
-        );
         if (ERROR_CODE_MIN..=ERROR_CODE_MAX).contains(&off) {
-            row.insert(key("value"), Value::Null);
-            row.insert(key("error_code"), Value::from(off));
-        } else {
-            let raw = start + i64::from(off);
-            row.insert(key("raw"), Value::from(raw));
-            match scale {
-                Scale::Divisor(1) => {
-                    row.insert(key("value"), Value::from(raw));
-                }
-                Scale::Divisor(d) => {
-                    row.insert(key("value"), Value::from(raw as f64 / f64::from(d)));
-                }
-                Scale::Meta(m) => {
-                    let m = i64::from(m);
-                    let magnitude = raw.abs();
-                    let value = if raw < 0 {
-                        -(magnitude / m)
-                    } else {
-                        magnitude / m
-                    };
-                    row.insert(key("value"), Value::from(value));
-                    row.insert(key("meta"), Value::from(magnitude % m));
-                }
-                Scale::Binary { .. } | Scale::Empty => {}
+            // An error keeps its time slot; start_point is not added (section 4.2).
+            let mut row = fill(&template, error_slots, ts, None, None, None);
+            if let Value::Object(row) = &mut row {
+                row.insert(key("error_code"), Value::from(off));
             }
+            out.push(row);
+            continue;
         }
-        out.push(Value::Object(row));
+        let raw = start + i64::from(off);
+        let (value, meta) = match scale {
+            Scale::Divisor(1) => (Value::from(raw), None),
+            Scale::Divisor(d) => (Value::from(raw as f64 / f64::from(d)), None),
+            Scale::Meta(m) => {
+                let m = i64::from(m);
+                let magnitude = raw.abs();
+                let value = if raw < 0 {
+                    -(magnitude / m)
+                } else {
+                    magnitude / m
+                };
+                (Value::from(value), Some(magnitude % m))
+            }
+            Scale::Binary { .. } | Scale::Empty => (Value::Null, None),
+        };
+        out.push(fill(
+            &value_template,
+            value_slots,
+            ts,
+            Some(value),
+            Some(raw),
+            meta,
+        ));
     }
     Ok(())
 }
