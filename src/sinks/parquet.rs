@@ -690,8 +690,10 @@ impl Committer {
     /// Stores the records and settles every one of them: delivered once durable, failed otherwise.
     fn commit(&self, pending: Vec<Pending>) {
         let records = pending.len();
+        let started = Instant::now();
         match self.store(&pending) {
             Ok(stored) => {
+                tracing::debug!(sink = %self.name, records, rows = stored.rows, bytes = stored.bytes, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "parquet commit");
                 self.sent_rows.add(stored.rows as u64);
                 self.counters.sent_bytes.add(stored.bytes);
                 self.counters
@@ -722,19 +724,29 @@ impl Committer {
         if rows.is_empty() {
             return Ok(Stored { rows: 0, bytes: 0 });
         }
-        let mut order: Vec<usize> = (0..rows.len()).collect();
+        // Rank the devices once per commit, so that sorting the rows compares integers, not strings
+        // (string compares were a tenth of the CPU under load).
+        let device_of = |i: usize| pending[i].record.device.as_deref();
+        let mut by_device: Vec<usize> = (0..pending.len()).collect();
+        by_device.sort_by(|&a, &b| device_of(a).cmp(&device_of(b)));
+        let mut device_rank = vec![0u32; pending.len()];
+        let mut rank = 0u32;
+        for (n, &i) in by_device.iter().enumerate() {
+            if n > 0 && device_of(i) != device_of(by_device[n - 1]) {
+                rank += 1;
+            }
+            device_rank[i] = rank;
+        }
         // By partition, then (device, ts); ties keep arrival order (channel order within a record).
-        order.sort_by(|&a, &b| {
-            let (ra, rb) = (&rows[a], &rows[b]);
-            ra.ts
-                .div_euclid(MICROS_PER_DAY)
-                .cmp(&rb.ts.div_euclid(MICROS_PER_DAY))
-                .then_with(|| {
-                    let da = pending[ra.record].record.device.as_deref();
-                    let db = pending[rb.record].record.device.as_deref();
-                    da.cmp(&db)
-                })
-                .then(ra.ts.cmp(&rb.ts))
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        order.sort_unstable_by_key(|&i| {
+            let row = &rows[i];
+            (
+                row.ts.div_euclid(MICROS_PER_DAY),
+                device_rank[row.record],
+                row.ts,
+                i,
+            )
         });
 
         let mut parts: Vec<PartFile> = Vec::new();
