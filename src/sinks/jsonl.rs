@@ -28,7 +28,7 @@ pub struct JsonLinesConfig {
     /// The file to append to (parent directories are created), or `"-"` for standard output.
     pub path: String,
     /// Fsync the file after each flush. Default false: a record counts as delivered once its line is
-    /// written and flushed to the operating system.
+    /// written and flushed to the operating system. Not used for stdout.
     #[serde(default)]
     pub fsync: bool,
 }
@@ -116,15 +116,16 @@ impl LineWriter {
         match self.write_buffer() {
             Ok(()) => {
                 self.counters.sent_bytes.add(self.buffer.len() as u64);
-                self.counters.delivered(records.drain(..));
+                self.counters.delivered(records.iter_mut());
             }
             Err(error) => {
                 let reason = format!("json lines write to {} failed: {error}", self.describe());
                 tracing::warn!(sink = %self.name, path = %self.describe(), %error, records = records.len(), "json lines write failed; its records are settled as failed");
                 self.counters.errors.inc();
-                self.counters.failed(records.drain(..), &reason);
+                self.counters.failed(records.iter_mut(), &reason);
             }
         }
+        records.clear();
         // One unusually large group should not pin its memory for the life of the sink.
         if self.buffer.capacity() > 16 << 20 {
             self.buffer = Vec::new();

@@ -5,7 +5,7 @@ pub mod jsonl;
 pub mod parquet;
 
 use crate::metrics::{self, Counter};
-use crate::record::Record;
+use crate::record::{Delivery, Record};
 
 /// The counters every sink keeps, under stable names labelled with the sink's name:
 /// `component_sent_events_total` (records settled delivered), `component_sent_bytes_total` (bytes
@@ -34,23 +34,29 @@ impl SinkCounters {
         }
     }
 
-    /// Settles every record of a write that is now durable.
-    pub fn delivered(&self, records: impl IntoIterator<Item = Record>) {
+    /// Settles every record of a write that is now durable. Only the tokens are taken: the sources hear
+    /// back before the records' memory is freed, which for a large commit takes a while.
+    pub fn delivered<'a>(&self, records: impl IntoIterator<Item = &'a mut Record>) {
         let mut count = 0;
         for record in records {
-            record.delivery.delivered();
+            take_delivery(record).delivered();
             count += 1;
         }
         self.sent_events.add(count);
     }
 
     /// Settles every record of a write that failed, each with the same reason.
-    pub fn failed(&self, records: impl IntoIterator<Item = Record>, reason: &str) {
+    pub fn failed<'a>(&self, records: impl IntoIterator<Item = &'a mut Record>, reason: &str) {
         let mut count = 0;
         for record in records {
-            record.delivery.failed(reason);
+            take_delivery(record).failed(reason);
             count += 1;
         }
         self.failed_events.add(count);
     }
+}
+
+/// Takes a record's token out, leaving one that nobody waits for (settling or dropping it does nothing).
+fn take_delivery(record: &mut Record) -> Delivery {
+    std::mem::replace(&mut record.delivery, Delivery::detached())
 }

@@ -277,10 +277,8 @@ impl ParquetSink {
                     || deadline.is_some_and(|d| Instant::now() >= d));
             if due && in_flight.is_none() {
                 let committer = self.committer.clone();
-                let pending = std::mem::take(&mut batch).pending;
-                in_flight = Some(tokio::task::spawn_blocking(move || {
-                    committer.commit(pending)
-                }));
+                let full = std::mem::take(&mut batch);
+                in_flight = Some(tokio::task::spawn_blocking(move || committer.commit(full)));
                 continue;
             }
             if !input_open && batch.pending.is_empty() && inbox.is_empty() && in_flight.is_none() {
@@ -380,7 +378,8 @@ fn entry_text_bytes(entry: &Value, key_field: &str) -> usize {
     };
     let len = |name: &str| match entry.get(name) {
         Some(Value::String(s)) => s.len(),
-        Some(Value::Null) | None => 0,
+        // A number has its own fixed-width column (or is a short text for a key or unit).
+        Some(Value::Null | Value::Number(_)) | None => 0,
         Some(_) => 16,
     };
     len(key_field) + len("unit") + len("value") + len("meaning")
@@ -489,8 +488,8 @@ fn text(value: Option<&Value>) -> Option<Cow<'_, str>> {
 }
 
 /// Every row of a commit, in record order.
-fn rows_of<'a>(pending: &'a [Pending], received_at: &[i64]) -> Vec<Row<'a>> {
-    let mut rows = Vec::new();
+fn rows_of<'a>(pending: &'a [Pending], received_at: &[i64], count: usize) -> Vec<Row<'a>> {
+    let mut rows = Vec::with_capacity(count);
     for (index, item) in pending.iter().enumerate() {
         let record = &item.record;
         match readings(record) {
@@ -544,25 +543,66 @@ fn entry_row<'a>(record: usize, entry: &'a Value, key_field: &str, record_ts: i6
             error_code: None,
         };
     };
-    let reading = fields.get("value");
-    let (value, mut reading_text) = match reading {
-        Some(Value::Number(n)) => (n.as_f64(), None),
-        other => (None, text(other)),
-    };
-    if reading_text.is_none() && key_field == "key" {
-        reading_text = text(fields.get("meaning"));
-    }
-    Row {
+    // One pass over the entry's fields instead of a lookup per column.
+    let mut row = Row {
         record,
-        ts: fields.get("ts").and_then(ts_micros).unwrap_or(record_ts),
-        key: text(fields.get(key_field)).unwrap_or(Cow::Borrowed("")),
-        channel: integer(fields.get("channel")).and_then(|c| i32::try_from(c).ok()),
-        value,
-        text: reading_text,
-        unit: text(fields.get("unit")),
-        meta: integer(fields.get("meta")),
-        error_code: integer(fields.get("error_code")),
+        ts: record_ts,
+        key: Cow::Borrowed(""),
+        channel: None,
+        value: None,
+        text: None,
+        unit: None,
+        meta: None,
+        error_code: None,
+    };
+    let mut meaning = None;
+    for (name, field) in fields {
+        match name.as_str() {
+            "ts" => {
+                if let Some(ts) = ts_micros(field) {
+                    row.ts = ts;
+                }
+            }
+            "value" => match field {
+                Value::Number(n) => row.value = n.as_f64(),
+                other => row.text = text(Some(other)),
+            },
+            "unit" => row.unit = text(Some(field)),
+            "channel" => row.channel = integer(Some(field)).and_then(|c| i32::try_from(c).ok()),
+            "meta" => row.meta = integer(Some(field)),
+            "error_code" => row.error_code = integer(Some(field)),
+            "meaning" => meaning = Some(field),
+            name if name == key_field => {
+                if let Some(key) = text(Some(field)) {
+                    row.key = key;
+                }
+            }
+            _ => {}
+        }
     }
+    if row.text.is_none() && key_field == "key" {
+        row.text = text(meaning);
+    }
+    row
+}
+
+/// Each record's device as its rank in sorted order (no device first), so rows sort on integers.
+fn device_ranks(pending: &[Pending]) -> Vec<u32> {
+    let mut by_device: Vec<(Option<&str>, usize)> = pending
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.record.device.as_deref(), i))
+        .collect();
+    by_device.sort_unstable();
+    let mut ranks = vec![0; pending.len()];
+    let mut rank = 0;
+    for (k, &(device, i)) in by_device.iter().enumerate() {
+        if k > 0 && by_device[k - 1].0 != device {
+            rank += 1;
+        }
+        ranks[i] = rank;
+    }
+    ranks
 }
 
 fn partition_dir(root: &Path, day: i64) -> PathBuf {
@@ -688,16 +728,19 @@ struct Stored {
 
 impl Committer {
     /// Stores the records and settles every one of them: delivered once durable, failed otherwise.
-    fn commit(&self, pending: Vec<Pending>) {
+    fn commit(&self, batch: Batch) {
+        let Batch {
+            mut pending, rows, ..
+        } = batch;
         let records = pending.len();
         let started = Instant::now();
-        match self.store(&pending) {
+        match self.store(&pending, rows) {
             Ok(stored) => {
                 tracing::debug!(sink = %self.name, records, rows = stored.rows, bytes = stored.bytes, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "parquet commit");
                 self.sent_rows.add(stored.rows as u64);
                 self.counters.sent_bytes.add(stored.bytes);
                 self.counters
-                    .delivered(pending.into_iter().map(|p| p.record));
+                    .delivered(pending.iter_mut().map(|p| &mut p.record));
             }
             Err(error) => {
                 tracing::warn!(
@@ -709,45 +752,36 @@ impl Committer {
                     "parquet commit failed; its records are settled as failed"
                 );
                 self.counters.errors.inc();
-                self.counters
-                    .failed(pending.into_iter().map(|p| p.record), &error.to_string());
+                self.counters.failed(
+                    pending.iter_mut().map(|p| &mut p.record),
+                    &error.to_string(),
+                );
             }
         }
     }
 
-    fn store(&self, pending: &[Pending]) -> Result<Stored, CommitError> {
+    fn store(&self, pending: &[Pending], row_count: usize) -> Result<Stored, CommitError> {
         let received_at: Vec<i64> = pending
             .iter()
             .map(|p| micros_since_epoch(p.record.received_at))
             .collect();
-        let rows = rows_of(pending, &received_at);
+        let rows = rows_of(pending, &received_at, row_count);
         if rows.is_empty() {
             return Ok(Stored { rows: 0, bytes: 0 });
         }
-        // Rank the devices once per commit, so that sorting the rows compares integers, not strings
-        // (string compares were a tenth of the CPU under load).
-        let device_of = |i: usize| pending[i].record.device.as_deref();
-        let mut by_device: Vec<usize> = (0..pending.len()).collect();
-        by_device.sort_by(|&a, &b| device_of(a).cmp(&device_of(b)));
-        let mut device_rank = vec![0u32; pending.len()];
-        let mut rank = 0u32;
-        for (n, &i) in by_device.iter().enumerate() {
-            if n > 0 && device_of(i) != device_of(by_device[n - 1]) {
-                rank += 1;
-            }
-            device_rank[i] = rank;
-        }
         // By partition, then (device, ts); ties keep arrival order (channel order within a record).
-        let mut order: Vec<usize> = (0..rows.len()).collect();
-        order.sort_unstable_by_key(|&i| {
-            let row = &rows[i];
-            (
-                row.ts.div_euclid(MICROS_PER_DAY),
-                device_rank[row.record],
-                row.ts,
-                i,
-            )
-        });
+        // Sorting integer keys is several times faster than comparing rows through their records.
+        let device_rank = device_ranks(pending);
+        let mut keys: Vec<(i64, u32, i64, usize)> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, row)| {
+                let day = row.ts.div_euclid(MICROS_PER_DAY);
+                (day, device_rank[row.record], row.ts, i)
+            })
+            .collect();
+        keys.sort_unstable();
+        let order: Vec<usize> = keys.into_iter().map(|key| key.3).collect();
 
         let mut parts: Vec<PartFile> = Vec::new();
         let mut bytes = 0;
