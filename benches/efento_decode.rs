@@ -6,6 +6,10 @@
 
 use std::hint::black_box;
 
+// The sensorgate binary runs on mimalloc (src/main.rs); measure the codec with the same allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sensorgate::codecs::efento::{Message, decode};
 

@@ -319,10 +319,10 @@ async fn drive_socket(
         };
 
     // Every device starts with one request.
-    for slot in 0..devices.len() {
+    for (slot, seq) in next_seq.iter_mut().enumerate() {
         mid = mid.wrapping_add(1);
         let bytes = send(slot, 0, mid, &mut in_flight);
-        next_seq[slot] = 1;
+        *seq = 1;
         socket.send(&bytes).await?;
         tally.sent.fetch_add(1, Ordering::Relaxed);
     }

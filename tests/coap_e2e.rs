@@ -18,7 +18,6 @@ use sensorgate::codecs::efento::proto::ProtoConfig;
 
 const SEED_SERIAL: &str = "282C024156AF";
 const POST: u8 = 0x02;
-const GET: u8 = 0x01;
 
 fn now() -> i64 {
     SystemTime::now()

@@ -231,6 +231,9 @@ struct Loader<'a> {
     diagnostics: Vec<Diagnostic>,
 }
 
+/// `[section.NAME]` tables: the name, where it is written, and the table with its span.
+type NamedTables<'a> = Vec<(String, Range<usize>, Spanned<DeTable<'a>>)>;
+
 /// A name used in a flow, with where it was written.
 struct Reference {
     name: String,
@@ -415,11 +418,7 @@ impl<'a> Loader<'a> {
     }
 
     /// `[sources.NAME]` tables: (name, span of the name, table with its span).
-    fn named_tables(
-        &mut self,
-        root: &mut DeTable<'a>,
-        section: &str,
-    ) -> Option<Vec<(String, Range<usize>, Spanned<DeTable<'a>>)>> {
+    fn named_tables(&mut self, root: &mut DeTable<'a>, section: &str) -> Option<NamedTables<'a>> {
         let value = root.remove(section)?;
         let span = value.span();
         match value.into_inner() {
@@ -845,14 +844,10 @@ fn substitute_value(
 ) {
     let span = value.span();
     match value.get_mut() {
-        DeValue::String(s) => {
-            if s.contains('$') {
-                match expand_env(s, env) {
-                    Ok(expanded) => *s = expanded.into(),
-                    Err((message, hint)) => problems.push((span, message, hint)),
-                }
-            }
-        }
+        DeValue::String(s) if s.contains('$') => match expand_env(s, env) {
+            Ok(expanded) => *s = expanded.into(),
+            Err((message, hint)) => problems.push((span, message, hint)),
+        },
         DeValue::Array(items) => {
             for item in items.iter_mut() {
                 substitute_value(item, env, problems);

@@ -54,7 +54,8 @@ impl DecodeStage {
         }
     }
 
-    fn decode_efento(&self, mut record: Record) -> Result<Record, (Record, String)> {
+    /// Decodes in place; on failure returns the reason, and the record stays as it was received.
+    fn decode_efento(&self, record: &mut Record) -> Result<(), String> {
         let route = record
             .origin
             .route
@@ -65,7 +66,7 @@ impl DecodeStage {
             let reason = format!(
                 "no Efento message is expected on route `{route}` (expected measurements, device_info or configuration)"
             );
-            return Err((record, reason));
+            return Err(reason);
         };
         match efento::decode(message, &record.raw) {
             Ok(decoded) => {
@@ -73,9 +74,9 @@ impl DecodeStage {
                 record.device = Some(decoded.serial);
                 record.kind = decoded.kind;
                 record.body = decoded.body;
-                Ok(record)
+                Ok(())
             }
-            Err(e) => Err((record, e.to_string())),
+            Err(e) => Err(e.to_string()),
         }
     }
 }
@@ -85,16 +86,16 @@ impl Stage for DecodeStage {
         "decode"
     }
 
-    fn process(&mut self, record: Record, out: &mut Vec<Record>) {
+    fn process(&mut self, mut record: Record, out: &mut Vec<Record>) {
         let result = match self.codec {
-            Codec::Efento => self.decode_efento(record),
+            Codec::Efento => self.decode_efento(&mut record),
         };
         match result {
-            Ok(record) => {
+            Ok(()) => {
                 self.decoded.inc();
                 out.push(record);
             }
-            Err((record, reason)) => {
+            Err(reason) => {
                 self.rejected.inc();
                 tracing::debug!(flow = %self.flow, source = %record.source, %reason, "frame rejected by decode");
                 out.push(record.into_dead_letter(&self.flow, "decode", &reason));

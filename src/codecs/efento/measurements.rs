@@ -259,84 +259,22 @@ fn rows(frame: &ProtoMeasurements, base: u32, period: u64) -> Result<Vec<Value>,
     Ok(out)
 }
 
-/// The fields every row of a channel shares: channel, type (and type_code for unknown types), unit. Rows are
-/// cloned from it: cloning a map copies its entries in order, which costs far less than inserting them one
-/// by one.
-fn row_template(
+/// The fields every row has: channel, type, ts, unit.
+fn row(
     channel: u64,
     name: &'static str,
-    type_code: Option<i32>,
-    unit: Option<&str>,
+    ts: i64,
+    unit: Option<&'static str>,
 ) -> Map<String, Value> {
     let mut row = Map::new();
     row.insert(key("channel"), Value::from(channel));
+    row.insert(key("ts"), Value::from(ts));
     row.insert(key("type"), Value::String(name.to_owned()));
-    if let Some(code) = type_code {
-        row.insert(key("type_code"), Value::from(code));
-    }
-    row.insert(key("ts"), Value::Null);
     row.insert(
         key("unit"),
         unit.map_or(Value::Null, |u| Value::String(u.to_owned())),
     );
-    row.insert(key("value"), Value::Null);
     row
-}
-
-/// Where the per-row fields sit in a template's key order (`usize::MAX` when the template lacks the field), so
-/// a cloned row is filled in one pass over its values without looking keys up.
-#[derive(Clone, Copy)]
-struct Slots {
-    ts: usize,
-    value: usize,
-    raw: usize,
-    meta: usize,
-}
-
-impl Slots {
-    fn of(template: &Map<String, Value>) -> Slots {
-        let at = |k: &str| {
-            template
-                .keys()
-                .position(|key| key == k)
-                .unwrap_or(usize::MAX)
-        };
-        Slots {
-            ts: at("ts"),
-            value: at("value"),
-            raw: at("raw"),
-            meta: at("meta"),
-        }
-    }
-}
-
-/// A clone of `template` with ts, value, raw and meta replaced (`None` leaves the template's value).
-fn fill(
-    template: &Map<String, Value>,
-    slots: Slots,
-    ts: i64,
-    mut value: Option<Value>,
-    raw: Option<i64>,
-    meta: Option<i64>,
-) -> Value {
-    let mut row = template.clone();
-    for (i, v) in row.values_mut().enumerate() {
-        let new = if i == slots.ts {
-            Some(Value::from(ts))
-        } else if i == slots.value {
-            value.take()
-        } else if i == slots.raw {
-            raw.map(Value::from)
-        } else if i == slots.meta {
-            meta.map(Value::from)
-        } else {
-            None
-        };
-        if let Some(new) = new {
-            *v = new;
-        }
-    }
-    Value::Object(row)
 }
 
 /// Rows of an expanded binary channel (section 4.3): the state name as the value, unit null.
@@ -344,14 +282,11 @@ fn binary(points: &[BinaryPoint], channel: u64, info: &TypeInfo, out: &mut Vec<V
     let Scale::Binary { positive, negative } = info.scale else {
         return;
     };
-    let mut on = row_template(channel, info.name, None, None);
-    let mut off = on.clone();
-    on.insert(key("value"), Value::String(positive.to_owned()));
-    off.insert(key("value"), Value::String(negative.to_owned()));
-    let slots = Slots::of(&on);
     for p in points {
-        let template = if p.positive { &on } else { &off };
-        out.push(fill(template, slots, p.ts, None, None, None));
+        let state = if p.positive { positive } else { negative };
+        let mut row = row(channel, info.name, p.ts, None);
+        row.insert(key("value"), Value::String(state.to_owned()));
+        out.push(Value::Object(row));
     }
 }
 
@@ -364,18 +299,10 @@ fn continuous(
     period: u64,
     out: &mut Vec<Value>,
 ) -> Result<(), DecodeError> {
-    let (name, scale, unit, type_code) = match info {
-        Some(i) => (i.name, i.scale, i.unit, None),
-        None => ("unknown", Scale::Divisor(1), None, Some(ch.r#type)),
+    let (name, scale, unit) = match info {
+        Some(i) => (i.name, i.scale, i.unit),
+        None => ("unknown", Scale::Divisor(1), None),
     };
-    let template = row_template(channel, name, type_code, unit);
-    let mut value_template = template.clone();
-    value_template.insert(key("raw"), Value::Null);
-    if let Scale::Meta(_) = scale {
-        value_template.insert(key("meta"), Value::Null);
-    }
-    let error_slots = Slots::of(&template);
-    let value_slots = Slots::of(&value_template);
     let t0 = i128::from(ch.timestamp);
     let start = i64::from(ch.start_point);
     for (i, &off) in ch.sample_offsets.iter().enumerate() {
@@ -383,39 +310,36 @@ fn continuous(
         let ts = i64::try_from(ts).map_err(|_| DecodeError::TimeOutOfRange {
             channel: channel as usize,
         })?;
+        let mut row = row(channel, name, ts, unit);
+        if info.is_none() {
+            row.insert(key("type_code"), Value::from(ch.r#type));
+        }
         if (ERROR_CODE_MIN..=ERROR_CODE_MAX).contains(&off) {
             // An error keeps its time slot; start_point is not added (section 4.2).
-            let mut row = fill(&template, error_slots, ts, None, None, None);
-            if let Value::Object(row) = &mut row {
-                row.insert(key("error_code"), Value::from(off));
-            }
-            out.push(row);
+            row.insert(key("value"), Value::Null);
+            row.insert(key("error_code"), Value::from(off));
+            out.push(Value::Object(row));
             continue;
         }
         let raw = start + i64::from(off);
-        let (value, meta) = match scale {
-            Scale::Divisor(1) => (Value::from(raw), None),
-            Scale::Divisor(d) => (Value::from(raw as f64 / f64::from(d)), None),
+        row.insert(key("raw"), Value::from(raw));
+        let value = match scale {
+            Scale::Divisor(1) => Value::from(raw),
+            Scale::Divisor(d) => Value::from(raw as f64 / f64::from(d)),
             Scale::Meta(m) => {
                 let m = i64::from(m);
                 let magnitude = raw.abs();
-                let value = if raw < 0 {
+                row.insert(key("meta"), Value::from(magnitude % m));
+                Value::from(if raw < 0 {
                     -(magnitude / m)
                 } else {
                     magnitude / m
-                };
-                (Value::from(value), Some(magnitude % m))
+                })
             }
-            Scale::Binary { .. } | Scale::Empty => (Value::Null, None),
+            Scale::Binary { .. } | Scale::Empty => Value::Null,
         };
-        out.push(fill(
-            &value_template,
-            value_slots,
-            ts,
-            Some(value),
-            Some(raw),
-            meta,
-        ));
+        row.insert(key("value"), value);
+        out.push(Value::Object(row));
     }
     Ok(())
 }
