@@ -5,8 +5,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use prost::Message as _;
-
 use crate::codecs::efento::{self, proto::ProtoConfig};
 
 /// Configuration changes waiting for their devices. Cheap to clone; clones share the queue.
@@ -20,18 +18,14 @@ impl Downlinks {
         Self::default()
     }
 
-    /// Queues a change for `serial` (uppercase hex). Several changes before the device's next ACK are
-    /// merged the protobuf way: later scalar fields win, repeated fields append.
+    /// Queues a change for `serial` (hex, any case). Several changes before the device's next ACK are
+    /// merged field by field: what the later change sets wins, lists included
+    /// ([`efento::merge_config`]).
     pub fn enqueue(&self, serial: &str, change: ProtoConfig) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         let key = serial.to_ascii_uppercase();
         match pending.get_mut(&key) {
-            Some(existing) => {
-                // Merging encoded bytes into a message is total for messages prost itself encoded.
-                if existing.merge(change.encode_to_vec().as_slice()).is_err() {
-                    *existing = change;
-                }
-            }
+            Some(existing) => efento::merge_config(existing, &change),
             None => {
                 pending.insert(key, change);
             }
@@ -57,5 +51,46 @@ impl Downlinks {
     pub fn ack_payload(&self, device: Option<&str>, now_unix: u32) -> Vec<u8> {
         let pending = device.and_then(|d| self.take(d));
         efento::encode_ack(now_unix, pending.as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codecs::efento::proto::ProtoRule;
+
+    #[test]
+    fn later_changes_replace_earlier_ones_lists_included() {
+        let d = Downlinks::new();
+        let rule = |mask| ProtoRule {
+            channel_mask: mask,
+            ..Default::default()
+        };
+        d.enqueue(
+            "282c024156af",
+            ProtoConfig {
+                transmission_interval: 600,
+                measurement_period_base: 60,
+                rules: vec![rule(1), rule(2)],
+                ..Default::default()
+            },
+        );
+        d.enqueue(
+            "282C024156AF",
+            ProtoConfig {
+                transmission_interval: 900,
+                rules: vec![rule(4)],
+                ..Default::default()
+            },
+        );
+        let merged = d.take("282C024156AF").unwrap();
+        assert_eq!(merged.transmission_interval, 900);
+        assert_eq!(merged.measurement_period_base, 60, "untouched fields stay");
+        assert_eq!(
+            merged.rules,
+            vec![rule(4)],
+            "a list is replaced, not appended to"
+        );
+        assert!(d.take("282C024156AF").is_none());
     }
 }

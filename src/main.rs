@@ -176,8 +176,19 @@ async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     };
     let pipeline = sensorgate::topology::Pipeline::start(config).await?;
     tracing::info!(config = %config_path.display(), "pipeline running; SIGINT or SIGTERM stops it cleanly");
-    wait_for_signal().await;
-    tracing::info!("stopping: finishing records in flight and closing files");
+    let stopped = pipeline.shutdown_token();
+    tokio::select! {
+        _ = wait_for_signal() => {}
+        _ = stopped.cancelled() => {}
+    }
+    tracing::info!(
+        "stopping: finishing records in flight and closing files (a second signal exits at once)"
+    );
+    tokio::spawn(async {
+        wait_for_signal().await;
+        eprintln!("second signal: exiting without finishing");
+        std::process::exit(130);
+    });
     pipeline.stop().await?;
     tracing::info!("stopped cleanly");
     Ok(())

@@ -45,12 +45,12 @@ impl Pipeline {
             let handle = match &sink.kind {
                 SinkKind::Parquet(c) => {
                     let s = ParquetSink::new(name, c).with_context(|| format!("sink `{name}`"))?;
-                    tokio::spawn(s.run(rx))
+                    spawn_component(name, &shutdown, s.run(rx))
                 }
                 SinkKind::JsonLines(c) => {
                     let s =
                         JsonLinesSink::new(name, c).with_context(|| format!("sink `{name}`"))?;
-                    tokio::spawn(s.run(rx))
+                    spawn_component(name, &shutdown, s.run(rx))
                 }
             };
             sink_senders.insert(name.clone(), tx);
@@ -70,7 +70,7 @@ impl Pipeline {
             let runner = FlowRunner::new(flow, &sink_senders);
             flows.push((
                 format!("flow `{}`", flow.name),
-                tokio::spawn(runner.run(rx)),
+                spawn_component(&flow.name, &shutdown, runner.run(rx)),
             ));
         }
         // Flows hold the only sink senders now: a sink ends when every flow feeding it has ended.
@@ -85,11 +85,17 @@ impl Pipeline {
             };
             match &source.kind {
                 SourceKind::Coap(c) => {
-                    let s = CoapSource::bind(name, c, inputs, downlinks.clone())?;
+                    let s = match CoapSource::bind(name, c, inputs, downlinks.clone()) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            shutdown.cancel(); // stop the sources already started
+                            return Err(e);
+                        }
+                    };
                     addresses.insert(name.clone(), s.local_addr()?);
                     sources.push((
                         format!("source `{name}`"),
-                        tokio::spawn(s.run(shutdown.child_token())),
+                        spawn_component(name, &shutdown, s.run(shutdown.child_token())),
                     ));
                 }
             }
@@ -126,7 +132,7 @@ impl Pipeline {
         self.join().await
     }
 
-    /// Waits until the pipeline stops (its shutdown token is cancelled).
+    /// Waits for every component to finish (after the shutdown token is cancelled, or a component failed).
     pub async fn join(self) -> anyhow::Result<()> {
         let mut first_error = None;
         for (name, handle) in self.sources.into_iter().chain(self.flows).chain(self.sinks) {
@@ -144,6 +150,38 @@ impl Pipeline {
             None => Ok(()),
         }
     }
+}
+
+/// Runs a component; if it ends before a shutdown was asked for (an error, a panic, or a closed input
+/// it should never see), the whole pipeline is stopped rather than left running half-blind.
+fn spawn_component<F>(
+    name: &str,
+    shutdown: &CancellationToken,
+    component: F,
+) -> JoinHandle<anyhow::Result<()>>
+where
+    F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let name = name.to_string();
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        let result = match tokio::spawn(component).await {
+            Ok(r) => r,
+            Err(e) => Err(anyhow::anyhow!("panicked: {e}")),
+        };
+        if !shutdown.is_cancelled() {
+            match &result {
+                Err(e) => {
+                    tracing::error!(component = %name, error = %format!("{e:#}"), "component failed; stopping the pipeline")
+                }
+                Ok(()) => {
+                    tracing::error!(component = %name, "component stopped unexpectedly; stopping the pipeline")
+                }
+            }
+            shutdown.cancel();
+        }
+        result
+    })
 }
 
 /// One flow at run time: its stages, and where its records go.

@@ -235,6 +235,20 @@ fn retransmitted_con_gets_the_identical_ack_and_is_stored_once() {
     assert!(sock.recv_from(&mut buf).is_err(), "no further answer");
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(seed_rows(&running.path("lake")).len(), 25);
+
+    // A different frame that reuses the peer and message id (a rebooted sensor restarting its counter)
+    // is a new request, not a retransmission: it is stored and answered on its own.
+    let other = vector_bytes("efento", "m01_temp_humidity_negative");
+    let reused = coap_request(true, POST, 0x4242, &[1, 2, 3, 4], "m", &other);
+    let answer =
+        udp_exchange(&sock, running.coap, &reused, Duration::from_secs(5)).expect("an answer");
+    assert_eq!(parse_coap(&answer).code, "2.01");
+    let rows = parquet_rows(&running.path("lake"));
+    assert_eq!(
+        rows.iter().filter(|r| r.0 == "282C0241A1B2").count(),
+        12,
+        "m01 stored"
+    );
 }
 
 #[test]

@@ -242,7 +242,10 @@ struct Reference {
 
 impl<'a> Loader<'a> {
     fn position(&self, offset: usize) -> (usize, usize) {
-        let offset = offset.min(self.text.len());
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
         let before = &self.text[..offset];
         let line = before.matches('\n').count() + 1;
         let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
@@ -509,7 +512,7 @@ impl<'a> Loader<'a> {
         match v
             .get_ref()
             .as_integer()
-            .and_then(|i| i.as_str().parse::<usize>().ok())
+            .and_then(|i| usize::from_str_radix(i.as_str(), i.radix()).ok())
         {
             Some(n) if (1..=10_000_000).contains(&n) => n,
             _ => {
@@ -547,9 +550,15 @@ impl<'a> Loader<'a> {
         mut table: Spanned<DeTable<'a>>,
     ) -> Option<SourceKind> {
         let what = format!("source `{name}`");
-        let (kind, _) = self.take_type(&what, name_span, &mut table, SOURCE_TYPES)?;
+        let (kind, _) = self.take_type(&what, name_span.clone(), &mut table, SOURCE_TYPES)?;
         match kind.as_str() {
-            "coap" => self.deserialize(&what, table).map(SourceKind::Coap),
+            "coap" => {
+                let config: CoapConfig = self.deserialize(&what, table)?;
+                for problem in config.problems() {
+                    self.error(name_span.clone(), format!("{what}: {problem}"), None);
+                }
+                Some(SourceKind::Coap(config))
+            }
             _ => None,
         }
     }

@@ -3,12 +3,13 @@
 //! # Layout
 //!
 //! ```text
-//! {path}/dt=YYYY-MM-DD/part-{unix_ms}-{seq:06}-{pid}.parquet
+//! {path}/dt=YYYY-MM-DD/part-{unix_ms}-{seq:06}-{instance}.parquet
 //! ```
 //!
 //! `dt` is the UTC date of each row's `ts`; it lives only in the path, never in the file schema, so
 //! readers (DuckDB, pyarrow, polars) never see a duplicate column. `seq` counts files in this process and
-//! `pid` tells processes apart, so names never collide.
+//! `instance` is random per process and tells processes apart, so names never collide (a pid would not:
+//! in a container every run is pid 1).
 //!
 //! # Commit
 //!
@@ -813,12 +814,22 @@ impl Committer {
 
     /// Writes one partition's rows to a new temporary file, footer included and fsynced.
     fn write_part(&self, dir: &Path, batch: &RecordBatch) -> Result<(PartFile, u64), CommitError> {
-        fs::create_dir_all(dir).map_err(|e| CommitError::new(dir, "create directory", e))?;
+        if !dir.is_dir() {
+            fs::create_dir_all(dir).map_err(|e| CommitError::new(dir, "create directory", e))?;
+            // A new partition's directory entry must survive a crash too, or its files vanish with it.
+            if self.fsync
+                && let Some(parent) = dir.parent()
+            {
+                File::open(parent)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| CommitError::new(dir, "fsync parent directory", e))?;
+            }
+        }
         let unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
         let seq = FILE_SEQ.fetch_add(1, Ordering::Relaxed);
-        let name = format!("part-{unix_ms}-{seq:06}-{}.parquet", std::process::id());
+        let name = format!("part-{unix_ms}-{seq:06}-{}.parquet", *INSTANCE);
         let part = PartFile {
             dir: dir.to_path_buf(),
             temp: dir.join(format!(".{name}.tmp")),
@@ -897,16 +908,19 @@ fn remove_parts(parts: &[PartFile], published: bool) {
     }
 }
 
-/// Whether `name` is a temporary file of this sink, and of which process.
-fn temp_file_pid(name: &str) -> Option<Option<u32>> {
+/// This process's part of every file name: random, so that two runs never pick the same name.
+static INSTANCE: LazyLock<String> = LazyLock::new(|| format!("{:08x}", rand::random::<u32>()));
+
+/// Whether `name` is a temporary file of this sink, and of which process instance.
+fn temp_file_instance(name: &str) -> Option<&str> {
     let stem = name.strip_prefix(".part-")?.strip_suffix(".parquet.tmp")?;
-    Some(stem.rsplit('-').next().and_then(|pid| pid.parse().ok()))
+    Some(stem.rsplit('-').next().unwrap_or(""))
 }
 
 /// Removes `.part-*.parquet.tmp` in the root and its `dt=` partitions, except those of this very process
 /// (another sink of it may be writing them). Returns how many were removed.
 fn remove_leftover_temp_files(root: &Path) -> std::io::Result<usize> {
-    let own_pid = std::process::id();
+    let own = INSTANCE.as_str();
     let mut removed = 0;
     let mut dirs = vec![root.to_path_buf()];
     for entry in fs::read_dir(root)? {
@@ -919,10 +933,11 @@ fn remove_leftover_temp_files(root: &Path) -> std::io::Result<usize> {
         for entry in fs::read_dir(&dir)? {
             let entry = entry?;
             let name = entry.file_name();
-            let Some(pid) = temp_file_pid(&name.to_string_lossy()) else {
+            let name = name.to_string_lossy();
+            let Some(instance) = temp_file_instance(&name) else {
                 continue;
             };
-            if pid == Some(own_pid) || !entry.file_type()?.is_file() {
+            if instance == own || !entry.file_type()?.is_file() {
                 continue;
             }
             fs::remove_file(entry.path())?;

@@ -9,8 +9,9 @@
 //! are not processed twice. Non-confirmable requests are processed and get no answer.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -48,9 +49,15 @@ pub struct CoapConfig {
     /// How long an answer is kept for retransmissions (RFC 7252 EXCHANGE_LIFETIME, 247 s).
     #[serde(default = "default_exchange_lifetime")]
     pub exchange_lifetime: HumanDuration,
-    /// Most exchanges remembered for retransmissions; the oldest go first past this.
+    /// Most exchanges remembered for retransmissions; past this the oldest answered ones go first
+    /// (requests still waiting for their sinks are never forgotten). Size it as request rate × 45 s
+    /// (MAX_TRANSMIT_SPAN, the window in which a device retransmits); an entry takes about 150 bytes.
     #[serde(default = "default_exchange_cache")]
     pub exchange_cache: usize,
+    /// Largest request payload accepted, in bytes; a larger one gets 4.13 (Efento frames are 44 to a
+    /// few hundred bytes).
+    #[serde(default = "default_max_payload")]
+    pub max_payload: usize,
     /// Most requests waiting for their sinks at once; past this, new ones get 5.03.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
@@ -67,6 +74,36 @@ pub struct CoapConfig {
     /// What a 2.01 carries: `efento_config` (ProtoConfig with current_time and pending changes) or `none`.
     #[serde(default)]
     pub ack_payload: AckPayload,
+}
+
+impl CoapConfig {
+    /// Values that parse but cannot work, each said with its fix.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.ack_deadline.get().is_zero() {
+            out.push(
+                "ack_deadline is 0: every confirmable request would get 5.00; use e.g. \"1.5s\""
+                    .into(),
+            );
+        }
+        if self.max_in_flight == 0 {
+            out.push(
+                "max_in_flight is 0: every request would get 5.03; the default is 65536".into(),
+            );
+        }
+        if self.exchange_cache == 0 {
+            out.push("exchange_cache is 0: retransmissions could not be recognised; the default is 500000".into());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for path in self.paths.keys() {
+            if !seen.insert(path.trim_matches('/')) {
+                out.push(format!(
+                    "path `{path}` is listed twice (leading and trailing `/` do not count)"
+                ));
+            }
+        }
+        out
+    }
 }
 
 /// What a path is for.
@@ -121,7 +158,10 @@ fn default_exchange_lifetime() -> HumanDuration {
     HumanDuration::from_secs(247)
 }
 fn default_exchange_cache() -> usize {
-    100_000
+    500_000
+}
+fn default_max_payload() -> usize {
+    4096
 }
 fn default_max_in_flight() -> usize {
     65_536
@@ -130,13 +170,14 @@ fn default_receive_buffer() -> usize {
     4 << 20
 }
 
-/// Option numbers of RFC 7252, 7641, 7959, 7967, 8613 that this server understands or may ignore.
-const KNOWN_OPTIONS: &[u16] = &[
-    1, 3, 4, 5, 6, 7, 8, 9, 11, 12, 14, 15, 17, 20, 23, 27, 28, 35, 39, 60, 258,
-];
+/// Option numbers (RFC 7252, 7641, 7959, 7967) this server handles or may ignore. The critical ones it
+/// does not implement (If-Match, If-None-Match, OSCORE, Proxy-Uri, Proxy-Scheme) are left out, so a
+/// request that depends on them gets 4.02 Bad Option instead of being served wrongly.
+const KNOWN_OPTIONS: &[u16] = &[3, 4, 6, 7, 8, 11, 12, 14, 15, 17, 20, 23, 27, 28, 60, 258];
 
 type ExchangeKey = (SocketAddr, u16);
 
+/// What an exchange is remembered as.
 enum Exchange {
     /// The request is with the pipeline; a retransmission is ignored (the answer is on its way).
     Pending,
@@ -146,9 +187,32 @@ enum Exchange {
     Silent,
 }
 
-/// Answers remembered for retransmissions, bounded by age and count.
+/// A retransmission is the same datagram again (RFC 7252 §4.5), so the datagram's hash tells a
+/// retransmission from a new request that reuses the (peer, message id) pair: a rebooted device
+/// restarting its counter, or another device behind the same NAT mapping.
+struct Entry {
+    at: Instant,
+    datagram_hash: u64,
+    exchange: Exchange,
+}
+
+/// What a datagram is to the exchange cache.
+enum Seen {
+    New,
+    /// A retransmission; `Some` is the answer to send again.
+    Again(Option<Bytes>),
+}
+
+fn datagram_hash(datagram: &[u8]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    datagram.hash(&mut h);
+    h.finish()
+}
+
+/// Answers remembered for retransmissions, bounded by age and count. Requests still waiting for their
+/// sinks are never evicted by count (there are at most `max_in_flight` of them).
 struct Exchanges {
-    map: HashMap<ExchangeKey, (Instant, Exchange)>,
+    map: HashMap<ExchangeKey, Entry>,
     order: VecDeque<(ExchangeKey, Instant)>,
     lifetime: Duration,
     capacity: usize,
@@ -165,37 +229,90 @@ impl Exchanges {
     }
 
     fn evict(&mut self, now: Instant) {
+        // One pass at most: a waiting entry moved to the back is looked at again next time.
+        let mut budget = self.order.len();
         while let Some((key, at)) = self.order.front().copied() {
+            if budget == 0 {
+                break;
+            }
+            budget -= 1;
             let expired = now.duration_since(at) >= self.lifetime;
             if !expired && self.map.len() < self.capacity {
                 break;
             }
             self.order.pop_front();
-            if self.map.get(&key).is_some_and(|(t, _)| *t == at) {
+            let waiting = match self.map.get(&key) {
+                Some(e) if e.at == at => matches!(e.exchange, Exchange::Pending),
+                _ => continue, // replaced by a newer entry for the same key
+            };
+            if waiting && !expired {
+                // Still with the sinks: forgetting it would let a retransmission in twice.
+                self.order.push_back((key, at));
+            } else {
                 self.map.remove(&key);
             }
         }
     }
 
-    fn get(&mut self, key: &ExchangeKey, now: Instant) -> Option<&Exchange> {
+    /// Looks a datagram up; a new one is remembered (as waiting if confirmable, as seen if not).
+    fn check(
+        &mut self,
+        key: ExchangeKey,
+        datagram: &[u8],
+        confirmable: bool,
+        now: Instant,
+    ) -> Seen {
         self.evict(now);
-        self.map.get(key).map(|(_, e)| e)
-    }
-
-    fn insert(&mut self, key: ExchangeKey, exchange: Exchange, now: Instant) {
-        self.evict(now);
-        self.map.insert(key, (now, exchange));
+        let hash = datagram_hash(datagram);
+        if let Some(entry) = self.map.get(&key)
+            && entry.datagram_hash == hash
+        {
+            return Seen::Again(match &entry.exchange {
+                Exchange::Answered(bytes) => Some(bytes.clone()),
+                Exchange::Pending | Exchange::Silent => None,
+            });
+        }
+        let exchange = if confirmable {
+            Exchange::Pending
+        } else {
+            Exchange::Silent
+        };
+        let entry = Entry {
+            at: now,
+            datagram_hash: hash,
+            exchange,
+        };
+        self.map.insert(key, entry);
         self.order.push_back((key, now));
+        Seen::New
     }
 
     fn answer(&mut self, key: ExchangeKey, bytes: Bytes) {
-        if let Some((_, e)) = self.map.get_mut(&key) {
-            *e = Exchange::Answered(bytes);
+        if let Some(e) = self.map.get_mut(&key) {
+            e.exchange = Exchange::Answered(bytes);
         }
     }
 
     fn len(&self) -> usize {
         self.map.len()
+    }
+}
+
+/// What an answer needs of its request: type, message id, token. Waiting tasks keep only this, not
+/// the whole parsed message with its options and payload.
+struct RequestHeader {
+    confirmable: bool,
+    mid: u16,
+    token: Vec<u8>,
+}
+
+impl RequestHeader {
+    fn of(packet: &Packet) -> Self {
+        RequestHeader {
+            confirmable: packet.header.get_type() == MessageType::Confirmable,
+            mid: packet.header.message_id,
+            token: packet.get_token().to_vec(),
+        }
     }
 }
 
@@ -246,6 +363,8 @@ struct Shared {
     socket: UdpSocket,
     exchanges: Mutex<Exchanges>,
     in_flight: AtomicUsize,
+    /// Message ids of the NON answers this server sends (RFC 7252 §4.4: the sender picks them).
+    next_mid: AtomicU16,
     downlinks: Downlinks,
     config: CoapConfig,
     counters: Counters,
@@ -285,6 +404,7 @@ impl CoapSource {
                     config.exchange_cache,
                 )),
                 in_flight: AtomicUsize::new(0),
+                next_mid: AtomicU16::new(rand::random()),
                 downlinks,
                 config: config.clone(),
                 counters: Counters::new(name),
@@ -340,6 +460,10 @@ impl CoapSource {
                 return;
             }
         };
+        if packet.header.get_version() != 1 {
+            shared.counters.malformed.inc();
+            return; // RFC 7252 §3: messages of an unknown version are silently ignored
+        }
         let mid = packet.header.message_id;
         let confirmable = match packet.header.get_type() {
             MessageType::Confirmable => true,
@@ -358,28 +482,24 @@ impl CoapSource {
         shared.counters.received.inc();
 
         let key = (peer, mid);
-        let now = Instant::now();
-        let seen = {
-            let mut exchanges = shared.exchanges.lock().unwrap_or_else(|p| p.into_inner());
-            match exchanges.get(&key, now) {
-                Some(Exchange::Answered(bytes)) => Some(Some(bytes.clone())),
-                Some(Exchange::Pending | Exchange::Silent) => Some(None),
-                None => {
-                    let state = if confirmable {
-                        Exchange::Pending
-                    } else {
-                        Exchange::Silent
-                    };
-                    exchanges.insert(key, state, now);
-                    None
-                }
-            }
-        };
-        if let Some(again) = seen {
+        let seen = shared
+            .exchanges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .check(key, datagram, confirmable, Instant::now());
+        if let Seen::Again(again) = seen {
             shared.counters.retransmissions.inc();
             if let Some(bytes) = again {
                 send(shared, &bytes, peer).await;
             }
+            return;
+        }
+        let request = RequestHeader::of(&packet);
+        if packet.payload.len() > shared.config.max_payload {
+            let text = format!("payload over {} bytes", shared.config.max_payload);
+            let code = ResponseType::RequestEntityTooLarge;
+            self.answer_now(&request, key, code, text.as_bytes(), confirmable)
+                .await;
             return;
         }
 
@@ -401,7 +521,7 @@ impl CoapSource {
                     "unknown critical option {number}; add it to vendor_options to accept it"
                 );
                 self.answer_now(
-                    &packet,
+                    &request,
                     key,
                     ResponseType::BadOption,
                     text.as_bytes(),
@@ -421,7 +541,7 @@ impl CoapSource {
                 >> 4;
             if more || num != 0 {
                 self.answer_now(
-                    &packet,
+                    &request,
                     key,
                     ResponseType::RequestEntityTooLarge,
                     b"block-wise transfer is not supported; send the payload in one datagram",
@@ -445,7 +565,7 @@ impl CoapSource {
         let Some((route, arc_path, arc_route)) = self.routes.get(&path) else {
             let text = format!("no route for path `{path}`");
             self.answer_now(
-                &packet,
+                &request,
                 key,
                 ResponseType::NotFound,
                 text.as_bytes(),
@@ -459,12 +579,12 @@ impl CoapSource {
             (Route::Time, RequestType::Get | RequestType::Post) => {
                 let payload = crate::codecs::efento::time_payload(unix_now());
                 // A time request is pointless without an answer, so a NON one gets a NON answer.
-                self.answer_now(&packet, key, ResponseType::Content, &payload, true)
+                self.answer_now(&request, key, ResponseType::Content, &payload, true)
                     .await;
             }
             (Route::Time, _) => {
                 self.answer_now(
-                    &packet,
+                    &request,
                     key,
                     ResponseType::MethodNotAllowed,
                     b"use GET or POST",
@@ -480,12 +600,12 @@ impl CoapSource {
                     token: token_option,
                     ..Origin::default()
                 };
-                self.accept_data(packet, key, origin, confirmable, tracker)
+                self.accept_data(packet, request, key, origin, tracker)
                     .await;
             }
             _ => {
                 self.answer_now(
-                    &packet,
+                    &request,
                     key,
                     ResponseType::MethodNotAllowed,
                     b"use POST",
@@ -500,32 +620,60 @@ impl CoapSource {
     async fn accept_data(
         &self,
         mut packet: Packet,
+        request: RequestHeader,
         key: ExchangeKey,
         origin: Origin,
-        confirmable: bool,
         tracker: &TaskTracker,
     ) {
         let shared = &self.shared;
+        let confirmable = request.confirmable;
         let busy = shared.in_flight.load(Ordering::Relaxed) >= shared.config.max_in_flight;
         // Reserve a slot in every flow first, so a record goes to all of them or to none.
         let mut permits = Vec::with_capacity(self.flows.len());
+        let mut closed = false;
         if !busy {
             for flow in &self.flows {
                 match flow.try_reserve() {
                     Ok(p) => permits.push(p),
-                    Err(_) => break,
+                    Err(mpsc::error::TrySendError::Full(())) => break,
+                    Err(mpsc::error::TrySendError::Closed(())) => {
+                        closed = true;
+                        break;
+                    }
                 }
             }
+        }
+        if closed {
+            // A flow that ended cannot store anything: say so, instead of "try later" forever.
+            drop(permits);
+            tracing::error!(source = %shared.name, "a flow of this source has stopped; answering 5.00");
+            shared.counters.failed.inc();
+            let text: &[u8] = b"pipeline stopped";
+            self.answer_now(
+                &request,
+                key,
+                ResponseType::InternalServerError,
+                text,
+                confirmable,
+            )
+            .await;
+            return;
         }
         if busy || permits.len() < self.flows.len() || self.flows.is_empty() {
             drop(permits);
             if confirmable {
                 shared.counters.busy.inc();
-                let bytes = response_bytes(
-                    &packet,
+                let max_age = shared
+                    .config
+                    .busy_max_age
+                    .get()
+                    .as_secs()
+                    .clamp(1, u32::MAX.into());
+                let bytes = shared.response(
+                    &request,
                     ResponseType::ServiceUnavailable,
                     b"pipeline is full, try again later",
-                    Some(shared.config.busy_max_age.get().as_secs().max(1) as u32),
+                    Some(max_age as u32),
                 );
                 shared
                     .exchanges
@@ -560,7 +708,7 @@ impl CoapSource {
             shared.in_flight.fetch_add(1, Ordering::Relaxed);
             let shared = self.shared.clone();
             tracker.spawn(async move {
-                let bytes = answer_for(&shared, &packet, watch).await;
+                let bytes = answer_for(&shared, &request, watch).await;
                 shared
                     .exchanges
                     .lock()
@@ -575,7 +723,7 @@ impl CoapSource {
     /// Answers right away (errors, time): caches the answer for retransmissions and sends it.
     async fn answer_now(
         &self,
-        request: &Packet,
+        request: &RequestHeader,
         key: ExchangeKey,
         code: ResponseType,
         payload: &[u8],
@@ -584,7 +732,7 @@ impl CoapSource {
         if !respond {
             return;
         }
-        let bytes = response_bytes(request, code, payload, None);
+        let bytes = self.shared.response(request, code, payload, None);
         self.shared
             .exchanges
             .lock()
@@ -604,7 +752,7 @@ impl CoapSource {
 }
 
 /// Waits for the record's outcome (at most `ack_deadline`) and builds the ACK.
-async fn answer_for(shared: &Shared, request: &Packet, watch: DeliveryWatch) -> Bytes {
+async fn answer_for(shared: &Shared, request: &RequestHeader, watch: DeliveryWatch) -> Bytes {
     let outcome = tokio::time::timeout(shared.config.ack_deadline.get(), watch).await;
     let c = &shared.counters;
     match outcome {
@@ -616,16 +764,16 @@ async fn answer_for(shared: &Shared, request: &Packet, watch: DeliveryWatch) -> 
                 }
                 AckPayload::None => Vec::new(),
             };
-            response_bytes(request, ResponseType::Created, &payload, None)
+            shared.response(request, ResponseType::Created, &payload, None)
         }
         Ok(Ok(Outcome::Rejected { reason, .. })) => {
             c.rejected.inc();
-            response_bytes(request, ResponseType::BadRequest, diagnostic(&reason), None)
+            shared.response(request, ResponseType::BadRequest, diagnostic(&reason), None)
         }
         Ok(Ok(Outcome::Failed { reason })) => {
             c.failed.inc();
             tracing::warn!(source = %shared.name, %reason, "answering 5.00: not stored");
-            response_bytes(
+            shared.response(
                 request,
                 ResponseType::InternalServerError,
                 diagnostic(&reason),
@@ -634,7 +782,7 @@ async fn answer_for(shared: &Shared, request: &Packet, watch: DeliveryWatch) -> 
         }
         Ok(Err(_)) => {
             c.failed.inc();
-            response_bytes(
+            shared.response(
                 request,
                 ResponseType::InternalServerError,
                 b"record lost before it was stored",
@@ -645,7 +793,7 @@ async fn answer_for(shared: &Shared, request: &Packet, watch: DeliveryWatch) -> 
             c.failed.inc();
             c.timed_out.inc();
             tracing::warn!(source = %shared.name, deadline = %shared.config.ack_deadline, "answering 5.00: sinks did not confirm within the ACK deadline");
-            response_bytes(
+            shared.response(
                 request,
                 ResponseType::InternalServerError,
                 b"not stored within the ACK deadline",
@@ -664,28 +812,48 @@ fn diagnostic(reason: &str) -> &[u8] {
     &reason.as_bytes()[..end]
 }
 
-/// A piggybacked answer: ACK for a CON request, NON for a NON one; same message id and token.
+impl Shared {
+    /// A piggybacked answer: an ACK with the request's message id for a CON request, a NON with a
+    /// message id of our own for a NON one; the request's token either way.
+    fn response(
+        &self,
+        request: &RequestHeader,
+        code: ResponseType,
+        payload: &[u8],
+        max_age: Option<u32>,
+    ) -> Bytes {
+        let mid = if request.confirmable {
+            request.mid
+        } else {
+            self.next_mid.fetch_add(1, Ordering::Relaxed)
+        };
+        response_bytes(request, mid, code, payload, max_age)
+    }
+}
+
 fn response_bytes(
-    request: &Packet,
+    request: &RequestHeader,
+    mid: u16,
     code: ResponseType,
     payload: &[u8],
     max_age: Option<u32>,
 ) -> Bytes {
     let mut response = Packet::new();
-    response.header.set_type(match request.header.get_type() {
-        MessageType::Confirmable => MessageType::Acknowledgement,
-        _ => MessageType::NonConfirmable,
+    response.header.set_type(if request.confirmable {
+        MessageType::Acknowledgement
+    } else {
+        MessageType::NonConfirmable
     });
-    response.header.message_id = request.header.message_id;
+    response.header.message_id = mid;
     response.header.code = MessageClass::Response(code);
-    response.set_token(request.get_token().to_vec());
+    response.set_token(request.token.clone());
     if let Some(age) = max_age {
         response.add_option(CoapOption::MaxAge, encode_uint(age));
     }
     response.payload = payload.to_vec();
     match response.to_bytes() {
         Ok(b) => Bytes::from(b),
-        // Only an over-long payload can fail here; answer without it rather than not at all.
+        // Only a payload over the datagram limit can fail here; answer without it rather than not at all.
         Err(_) => {
             response.payload.clear();
             Bytes::from(response.to_bytes().unwrap_or_default())
@@ -753,25 +921,76 @@ mod tests {
         (SocketAddr::from(([127, 0, 0, 1], port)), mid)
     }
 
+    fn is_again(seen: Seen) -> bool {
+        matches!(seen, Seen::Again(_))
+    }
+
     #[test]
     fn exchange_cache_stays_within_its_bound() {
         let mut ex = Exchanges::new(Duration::from_secs(247), 100);
         let now = Instant::now();
         for i in 0..10_000u16 {
-            ex.insert(key(1000, i), Exchange::Silent, now);
+            ex.check(key(1000, i), b"frame", false, now);
         }
-        assert!(ex.len() <= 100, "{} entries", ex.len());
-        assert!(ex.get(&key(1000, 9_999), now).is_some(), "newest kept");
-        assert!(ex.get(&key(1000, 0), now).is_none(), "oldest evicted");
+        assert!(ex.len() <= 101, "{} entries", ex.len());
+        assert!(
+            is_again(ex.check(key(1000, 9_999), b"frame", false, now)),
+            "newest kept"
+        );
+        assert!(
+            !is_again(ex.check(key(1000, 0), b"frame", false, now)),
+            "oldest evicted"
+        );
+    }
+
+    #[test]
+    fn exchange_cache_never_evicts_a_request_still_waiting_for_its_sinks() {
+        let mut ex = Exchanges::new(Duration::from_secs(247), 10);
+        let now = Instant::now();
+        ex.check(key(1, 1), b"waiting", true, now);
+        for i in 0..1_000u16 {
+            let k = key(2, i);
+            ex.check(k, b"x", true, now);
+            ex.answer(k, Bytes::from_static(b"ack"));
+        }
+        assert!(matches!(
+            ex.check(key(1, 1), b"waiting", true, now),
+            Seen::Again(None)
+        ));
+        assert!(ex.len() <= 12, "{} entries", ex.len());
     }
 
     #[test]
     fn exchange_cache_forgets_after_lifetime() {
         let mut ex = Exchanges::new(Duration::from_secs(10), 100);
         let t0 = Instant::now();
-        ex.insert(key(1, 1), Exchange::Answered(Bytes::from_static(b"x")), t0);
-        assert!(ex.get(&key(1, 1), t0 + Duration::from_secs(9)).is_some());
-        assert!(ex.get(&key(1, 1), t0 + Duration::from_secs(11)).is_none());
+        ex.check(key(1, 1), b"x", true, t0);
+        ex.answer(key(1, 1), Bytes::from_static(b"ack"));
+        let later = t0 + Duration::from_secs(9);
+        assert!(matches!(
+            ex.check(key(1, 1), b"x", true, later),
+            Seen::Again(Some(_))
+        ));
+        assert!(!is_again(ex.check(
+            key(1, 1),
+            b"x",
+            true,
+            t0 + Duration::from_secs(11)
+        )));
+    }
+
+    #[test]
+    fn a_new_request_reusing_peer_and_message_id_is_not_taken_for_a_retransmission() {
+        let mut ex = Exchanges::new(Duration::from_secs(247), 100);
+        let now = Instant::now();
+        ex.check(key(1, 7), b"frame one", true, now);
+        ex.answer(key(1, 7), Bytes::from_static(b"ack one"));
+        assert!(!is_again(ex.check(key(1, 7), b"frame two", true, now)));
+        // and now the second one is the remembered exchange
+        assert!(matches!(
+            ex.check(key(1, 7), b"frame two", true, now),
+            Seen::Again(None)
+        ));
     }
 
     #[test]
@@ -788,7 +1007,14 @@ mod tests {
         req.header.message_id = 0x1234;
         req.header.code = MessageClass::Request(RequestType::Post);
         req.set_token(vec![1, 2, 3]);
-        let bytes = response_bytes(&req, ResponseType::ServiceUnavailable, b"busy", Some(5));
+        let header = RequestHeader::of(&req);
+        let bytes = response_bytes(
+            &header,
+            0x1234,
+            ResponseType::ServiceUnavailable,
+            b"busy",
+            Some(5),
+        );
         let resp = Packet::from_bytes(&bytes).unwrap();
         assert_eq!(resp.header.get_type(), MessageType::Acknowledgement);
         assert_eq!(resp.header.message_id, 0x1234);

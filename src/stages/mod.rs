@@ -11,7 +11,9 @@ use crate::record::Record;
 pub trait Stage: Send {
     /// The stage's name in dead letters, logs and metrics.
     fn name(&self) -> &'static str;
-    /// Takes one record and pushes what comes out of it (0 for a drop, many for a split).
+    /// Takes one record and pushes what comes out of it (0 for a drop, many for a split). A stage that
+    /// drops a record on purpose (a duplicate) settles it with `record.delivery.delivered()`; one dropped
+    /// unsettled counts as failed, and its source answers "not stored".
     fn process(&mut self, record: Record, out: &mut Vec<Record>);
 }
 

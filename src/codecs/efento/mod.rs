@@ -230,6 +230,34 @@ pub fn encode_ack(current_time: u32, pending: Option<&proto::ProtoConfig>) -> Ve
     config.encode_to_vec()
 }
 
+/// Merges a later server-side configuration change into an earlier one that still waits for its device
+/// (section 5): every field the later change sets replaces the earlier value, repeated fields (rules,
+/// calendars, DNS servers, ...) included, instead of being appended as plain protobuf merging would.
+/// proto3 has no presence for scalars, so a later change cannot reset a field to 0 or false.
+pub fn merge_config(earlier: &mut proto::ProtoConfig, later: &proto::ProtoConfig) {
+    use prost::Message as _;
+    let descriptor = json::message_descriptor("ProtoConfig");
+    let decoded = (
+        prost_reflect::DynamicMessage::decode(
+            descriptor.clone(),
+            earlier.encode_to_vec().as_slice(),
+        ),
+        prost_reflect::DynamicMessage::decode(descriptor, later.encode_to_vec().as_slice()),
+    );
+    let merged = match decoded {
+        (Ok(mut base), Ok(change)) => {
+            for (field, value) in change.fields() {
+                base.set_field(&field, value.clone());
+            }
+            proto::ProtoConfig::decode(base.encode_to_vec().as_slice()).ok()
+        }
+        _ => None,
+    };
+    // Both sides were encoded by prost from the same descriptors, so the fallback is unreachable in
+    // practice; taking the later change whole is the safe reading of "later wins".
+    *earlier = merged.unwrap_or_else(|| later.clone());
+}
+
 /// The `/t` answer (section 5): the unix time as 4 bytes, big-endian (vector r03).
 pub fn time_payload(unix_time: u32) -> [u8; 4] {
     unix_time.to_be_bytes()

@@ -208,7 +208,7 @@ async fn parquet_records_are_delivered_only_after_file_is_renamed_and_readable()
     assert_eq!(file.parent().unwrap(), Path::new("dt=2023-09-06"));
     let name = file.file_name().unwrap().to_string_lossy();
     assert!(
-        name.starts_with("part-") && name.ends_with(&format!("-{}.parquet", std::process::id())),
+        name.starts_with("part-") && name.ends_with(&format!("-{}.parquet", *super::INSTANCE)),
         "{name}"
     );
 
