@@ -37,6 +37,9 @@ pub struct CoapLoadArgs {
     /// How long to send ("10s", "1m").
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
+    /// Devices start one after another over this time (a fleet never starts in one instant).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub ramp: Duration,
     /// How long a device waits for an answer before it counts the request as unanswered.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub timeout: Duration,
@@ -204,8 +207,9 @@ pub async fn run_coap_load(args: &CoapLoadArgs) -> anyhow::Result<Summary> {
         let tally = tally.clone();
         let path = args.path.clone();
         let timeout = args.timeout;
+        let ramp = args.ramp.min(args.duration);
         tasks.push(tokio::spawn(async move {
-            drive_socket(socket, devices, path, deadline, timeout, tally).await
+            drive_socket(socket, devices, ramp, path, deadline, timeout, tally).await
         }));
     }
 
@@ -281,9 +285,11 @@ struct InFlight {
     sent_at: Instant,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn drive_socket(
     socket: UdpSocket,
     devices: Vec<u32>,
+    ramp: Duration,
     path: String,
     deadline: Instant,
     timeout: Duration,
@@ -318,21 +324,29 @@ async fn drive_socket(
             p.to_bytes().unwrap_or_default()
         };
 
-    // Every device starts with one request.
-    for (slot, seq) in next_seq.iter_mut().enumerate() {
-        mid = mid.wrapping_add(1);
-        let bytes = send(slot, 0, mid, &mut in_flight);
-        *seq = 1;
-        socket.send(&bytes).await?;
-        tally.sent.fetch_add(1, Ordering::Relaxed);
-    }
-
+    // Devices start one after another over the ramp, as a fleet does, not all in the same instant.
+    let mut started = 0usize;
+    let step = ramp / u32::try_from(devices.len().max(1)).unwrap_or(u32::MAX);
+    let mut starter = tokio::time::interval(step.max(Duration::from_micros(100)));
     let mut sweep = tokio::time::interval(Duration::from_millis(100));
     loop {
-        if in_flight.is_empty() {
+        if in_flight.is_empty() && started == devices.len() {
             break;
         }
         tokio::select! {
+            _ = starter.tick(), if started < devices.len() && Instant::now() < deadline => {
+                let slot = started;
+                started += 1;
+                mid = mid.wrapping_add(1);
+                let bytes = send(slot, 0, mid, &mut in_flight);
+                next_seq[slot] = 1;
+                if socket.send(&bytes).await.is_ok() {
+                    tally.sent.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            _ = std::future::ready(()), if started < devices.len() && Instant::now() >= deadline => {
+                started = devices.len(); // the run ended before every device started
+            }
             r = socket.recv(&mut buf) => {
                 let n = match r { Ok(n) => n, Err(_) => continue };
                 let Ok(resp) = Packet::from_bytes(&buf[..n]) else { continue };

@@ -361,7 +361,9 @@ impl Counters {
 struct Shared {
     name: Arc<str>,
     socket: UdpSocket,
-    exchanges: Mutex<Exchanges>,
+    /// The exchange cache in shards: each stays small, so growing one (a rehash) never stalls
+    /// every request at once, and answer tasks rarely wait on the receive loop's lock.
+    exchanges: Box<[Mutex<Exchanges>]>,
     in_flight: AtomicUsize,
     /// Message ids of the NON answers this server sends (RFC 7252 §4.4: the sender picks them).
     next_mid: AtomicU16,
@@ -399,10 +401,14 @@ impl CoapSource {
             shared: Arc::new(Shared {
                 name: name.into(),
                 socket,
-                exchanges: Mutex::new(Exchanges::new(
-                    config.exchange_lifetime.get(),
-                    config.exchange_cache,
-                )),
+                exchanges: (0..EXCHANGE_SHARDS)
+                    .map(|_| {
+                        Mutex::new(Exchanges::new(
+                            config.exchange_lifetime.get(),
+                            config.exchange_cache.div_ceil(EXCHANGE_SHARDS),
+                        ))
+                    })
+                    .collect(),
                 in_flight: AtomicUsize::new(0),
                 next_mid: AtomicU16::new(rand::random()),
                 downlinks,
@@ -483,9 +489,7 @@ impl CoapSource {
 
         let key = (peer, mid);
         let seen = shared
-            .exchanges
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .exchanges_for(&key)
             .check(key, datagram, confirmable, Instant::now());
         if let Seen::Again(again) = seen {
             shared.counters.retransmissions.inc();
@@ -675,11 +679,7 @@ impl CoapSource {
                     b"pipeline is full, try again later",
                     Some(max_age as u32),
                 );
-                shared
-                    .exchanges
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .answer(key, bytes.clone());
+                shared.exchanges_for(&key).answer(key, bytes.clone());
                 send(shared, &bytes, key.0).await;
             } else {
                 shared.counters.non_dropped.inc();
@@ -709,11 +709,7 @@ impl CoapSource {
             let shared = self.shared.clone();
             tracker.spawn(async move {
                 let bytes = answer_for(&shared, &request, watch).await;
-                shared
-                    .exchanges
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .answer(key, bytes.clone());
+                shared.exchanges_for(&key).answer(key, bytes.clone());
                 shared.in_flight.fetch_sub(1, Ordering::Relaxed);
                 send(&shared, &bytes, key.0).await;
             });
@@ -733,11 +729,7 @@ impl CoapSource {
             return;
         }
         let bytes = self.shared.response(request, code, payload, None);
-        self.shared
-            .exchanges
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .answer(key, bytes.clone());
+        self.shared.exchanges_for(&key).answer(key, bytes.clone());
         send(&self.shared, &bytes, key.0).await;
     }
 
@@ -745,9 +737,9 @@ impl CoapSource {
     pub fn remembered_exchanges(&self) -> usize {
         self.shared
             .exchanges
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
+            .iter()
+            .map(|shard| shard.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
     }
 }
 
@@ -812,7 +804,18 @@ fn diagnostic(reason: &str) -> &[u8] {
     &reason.as_bytes()[..end]
 }
 
+/// Shards of the exchange cache (a power of two).
+const EXCHANGE_SHARDS: usize = 64;
+
 impl Shared {
+    fn exchanges_for(&self, key: &ExchangeKey) -> std::sync::MutexGuard<'_, Exchanges> {
+        let (peer, mid) = key;
+        let spread = usize::from(*mid) ^ usize::from(peer.port()).rotate_left(6);
+        self.exchanges[spread % EXCHANGE_SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     /// A piggybacked answer: an ACK with the request's message id for a CON request, a NON with a
     /// message id of our own for a NON one; the request's token either way.
     fn response(
