@@ -285,7 +285,45 @@ struct InFlight {
     sent_at: Instant,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The devices of one socket: their next frame numbers, the socket's message ids, what waits for an answer.
+struct SocketDevices {
+    devices: Vec<u32>,
+    next_seq: Vec<u32>,
+    mid: u16,
+    in_flight: HashMap<u16, InFlight>,
+    path: String,
+}
+
+impl SocketDevices {
+    /// Builds the device's next confirmable `/m` request and remembers it as waiting.
+    fn next_request(&mut self, slot: usize) -> Vec<u8> {
+        let seq = self.next_seq[slot];
+        self.next_seq[slot] += 1;
+        self.mid = self.mid.wrapping_add(1);
+        let mut p = Packet::new();
+        p.header.set_type(MessageType::Confirmable);
+        p.header.code = MessageClass::Request(RequestType::Post);
+        p.header.message_id = self.mid;
+        p.set_token(self.mid.to_be_bytes().to_vec());
+        p.add_option(CoapOption::UriPath, self.path.as_bytes().to_vec());
+        p.payload = frame(self.devices[slot], seq);
+        let waiting = InFlight {
+            device_slot: slot,
+            seq,
+            sent_at: Instant::now(),
+        };
+        self.in_flight.insert(self.mid, waiting);
+        p.to_bytes().unwrap_or_default()
+    }
+
+    async fn send_next(&mut self, slot: usize, socket: &UdpSocket, tally: &Tally) {
+        let bytes = self.next_request(slot);
+        if socket.send(&bytes).await.is_ok() {
+            tally.sent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 async fn drive_socket(
     socket: UdpSocket,
     devices: Vec<u32>,
@@ -299,64 +337,43 @@ async fn drive_socket(
         latencies_us: Vec::new(),
         acked: Vec::new(),
     };
-    let mut next_seq = vec![0u32; devices.len()];
-    let mut in_flight: HashMap<u16, InFlight> = HashMap::new();
-    let mut mid: u16 = rand::random();
+    let count = devices.len();
+    let mut fleet = SocketDevices {
+        next_seq: vec![0u32; count],
+        devices,
+        mid: rand::random(),
+        in_flight: HashMap::new(),
+        path,
+    };
     let mut buf = vec![0u8; 2048];
-
-    let send =
-        |slot: usize, seq: u32, mid: u16, in_flight: &mut HashMap<u16, InFlight>| -> Vec<u8> {
-            let mut p = Packet::new();
-            p.header.set_type(MessageType::Confirmable);
-            p.header.code = MessageClass::Request(RequestType::Post);
-            p.header.message_id = mid;
-            p.set_token(mid.to_be_bytes().to_vec());
-            p.add_option(CoapOption::UriPath, path.as_bytes().to_vec());
-            p.payload = frame(devices[slot], seq);
-            in_flight.insert(
-                mid,
-                InFlight {
-                    device_slot: slot,
-                    seq,
-                    sent_at: Instant::now(),
-                },
-            );
-            p.to_bytes().unwrap_or_default()
-        };
 
     // Devices start one after another over the ramp, as a fleet does, not all in the same instant.
     let mut started = 0usize;
-    let step = ramp / u32::try_from(devices.len().max(1)).unwrap_or(u32::MAX);
+    let step = ramp / u32::try_from(count.max(1)).unwrap_or(u32::MAX);
     let mut starter = tokio::time::interval(step.max(Duration::from_micros(100)));
     let mut sweep = tokio::time::interval(Duration::from_millis(100));
     loop {
-        if in_flight.is_empty() && started == devices.len() {
+        if fleet.in_flight.is_empty() && started == count {
             break;
         }
         tokio::select! {
-            _ = starter.tick(), if started < devices.len() && Instant::now() < deadline => {
-                let slot = started;
+            _ = starter.tick(), if started < count && Instant::now() < deadline => {
+                fleet.send_next(started, &socket, &tally).await;
                 started += 1;
-                mid = mid.wrapping_add(1);
-                let bytes = send(slot, 0, mid, &mut in_flight);
-                next_seq[slot] = 1;
-                if socket.send(&bytes).await.is_ok() {
-                    tally.sent.fetch_add(1, Ordering::Relaxed);
-                }
             }
-            _ = std::future::ready(()), if started < devices.len() && Instant::now() >= deadline => {
-                started = devices.len(); // the run ended before every device started
+            _ = std::future::ready(()), if started < count && Instant::now() >= deadline => {
+                started = count; // the run ended before every device started
             }
             r = socket.recv(&mut buf) => {
                 let n = match r { Ok(n) => n, Err(_) => continue };
                 let Ok(resp) = Packet::from_bytes(&buf[..n]) else { continue };
-                let Some(req) = in_flight.remove(&resp.header.message_id) else { continue };
+                let Some(req) = fleet.in_flight.remove(&resp.header.message_id) else { continue };
                 let latency = req.sent_at.elapsed();
                 match resp.header.code {
                     MessageClass::Response(ResponseType::Created) => {
                         tally.created.fetch_add(1, Ordering::Relaxed);
                         result.latencies_us.push(latency.as_micros().min(u32::MAX as u128) as u32);
-                        result.acked.push((devices[req.device_slot], req.seq));
+                        result.acked.push((fleet.devices[req.device_slot], req.seq));
                     }
                     MessageClass::Response(ResponseType::BadRequest) => { tally.bad_request.fetch_add(1, Ordering::Relaxed); }
                     MessageClass::Response(ResponseType::InternalServerError) => { tally.server_error.fetch_add(1, Ordering::Relaxed); }
@@ -364,35 +381,22 @@ async fn drive_socket(
                     _ => { tally.other.fetch_add(1, Ordering::Relaxed); }
                 }
                 if Instant::now() < deadline {
-                    let slot = req.device_slot;
-                    mid = mid.wrapping_add(1);
-                    let seq = next_seq[slot];
-                    next_seq[slot] += 1;
-                    let bytes = send(slot, seq, mid, &mut in_flight);
-                    if socket.send(&bytes).await.is_ok() {
-                        tally.sent.fetch_add(1, Ordering::Relaxed);
-                    }
+                    fleet.send_next(req.device_slot, &socket, &tally).await;
                 }
             }
             _ = sweep.tick() => {
                 let now = Instant::now();
-                let expired: Vec<u16> = in_flight
+                let expired: Vec<u16> = fleet
+                    .in_flight
                     .iter()
                     .filter(|(_, r)| now.duration_since(r.sent_at) > timeout)
                     .map(|(m, _)| *m)
                     .collect();
                 for m in expired {
-                    if let Some(req) = in_flight.remove(&m) {
+                    if let Some(req) = fleet.in_flight.remove(&m) {
                         tally.timeouts.fetch_add(1, Ordering::Relaxed);
                         if now < deadline {
-                            let slot = req.device_slot;
-                            mid = mid.wrapping_add(1);
-                            let seq = next_seq[slot];
-                            next_seq[slot] += 1;
-                            let bytes = send(slot, seq, mid, &mut in_flight);
-                            if socket.send(&bytes).await.is_ok() {
-                                tally.sent.fetch_add(1, Ordering::Relaxed);
-                            }
+                            fleet.send_next(req.device_slot, &socket, &tally).await;
                         }
                     }
                 }

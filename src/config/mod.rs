@@ -346,46 +346,29 @@ impl<'a> Loader<'a> {
                 Some("add a [[flows]] table with name, from, stages and to".into()),
             ),
             Some(v) => {
-                let span = v.span();
-                match v.into_inner() {
-                    DeValue::Array(items) => {
-                        for item in items {
-                            let item_span = item.span();
-                            match item.into_inner() {
-                                DeValue::Table(t) => {
-                                    if let Some((flow, refs)) = self.flow(item_span.clone(), t) {
-                                        if let Some(first) = flow_names.get(&flow.name) {
-                                            let (l, c) = self.position(first.start);
-                                            self.error(
-                                                item_span.clone(),
-                                                format!("flow name `{}` is used twice", flow.name),
-                                                Some(format!("the first one is at line {l}, column {c}; give each flow its own name")),
-                                            );
-                                        }
-                                        flow_names.insert(flow.name.clone(), item_span.clone());
-                                        self.check_refs(&flow, &refs, &source_spans, &sink_spans);
-                                        used_sources.extend(flow.from.iter().cloned());
-                                        used_sinks.extend(flow.to.iter().cloned());
-                                        used_sinks.extend(flow.dead_letter.iter().cloned());
-                                        flows.push(flow);
-                                    }
-                                }
-                                other => self.error(
-                                    item_span,
-                                    format!("a flow must be a table, found {}", other.type_str()),
-                                    Some("write each flow as a [[flows]] table".into()),
-                                ),
-                            }
-                        }
+                let hint = "write each flow as a [[flows]] table";
+                for table in self.tables_of("a flow", "`flows`", v, hint) {
+                    let item_span = table.span();
+                    let Some((flow, refs)) = self.flow(item_span.clone(), table.into_inner())
+                    else {
+                        continue;
+                    };
+                    if let Some(first) = flow_names.get(&flow.name) {
+                        let (l, c) = self.position(first.start);
+                        self.error(
+                            item_span.clone(),
+                            format!("flow name `{}` is used twice", flow.name),
+                            Some(format!(
+                                "the first one is at line {l}, column {c}; give each flow its own name"
+                            )),
+                        );
                     }
-                    other => self.error(
-                        span,
-                        format!(
-                            "`flows` must be an array of tables, found {}",
-                            other.type_str()
-                        ),
-                        Some("write each flow as a [[flows]] table".into()),
-                    ),
+                    flow_names.insert(flow.name.clone(), item_span);
+                    self.check_refs(&flow, &refs, &source_spans, &sink_spans);
+                    used_sources.extend(flow.from.iter().cloned());
+                    used_sinks.extend(flow.to.iter().cloned());
+                    used_sinks.extend(flow.dead_letter.iter().cloned());
+                    flows.push(flow);
                 }
             }
         }
@@ -455,6 +438,45 @@ impl<'a> Loader<'a> {
                 None
             }
         }
+    }
+
+    /// The tables of an array of tables (`[[flows]]`, `stages = [{ .. }]`); anything else is reported.
+    fn tables_of(
+        &mut self,
+        item: &str,
+        array: &str,
+        value: Spanned<DeValue<'a>>,
+        hint: &str,
+    ) -> Vec<Spanned<DeTable<'a>>> {
+        let span = value.span();
+        let items = match value.into_inner() {
+            DeValue::Array(items) => items,
+            other => {
+                let found = other.type_str();
+                self.error(
+                    span,
+                    format!("{array} must be an array of tables, found {found}"),
+                    Some(hint.into()),
+                );
+                return Vec::new();
+            }
+        };
+        let mut tables = Vec::new();
+        for entry in items {
+            let entry_span = entry.span();
+            match entry.into_inner() {
+                DeValue::Table(t) => tables.push(Spanned::new(entry_span, t)),
+                other => {
+                    let found = other.type_str();
+                    self.error(
+                        entry_span,
+                        format!("{item} must be a table, found {found}"),
+                        Some(hint.into()),
+                    );
+                }
+            }
+        }
+        tables
     }
 
     /// Removes `type` from a component table and returns it with its span.
@@ -644,39 +666,9 @@ impl<'a> Loader<'a> {
         let queue = self.queue(&what, table.remove("queue"));
         let mut stages = Vec::new();
         if let Some(v) = table.remove("stages") {
-            let stages_span = v.span();
-            match v.into_inner() {
-                DeValue::Array(items) => {
-                    for item in items {
-                        let item_span = item.span();
-                        match item.into_inner() {
-                            DeValue::Table(t) => {
-                                if let Some(stage) = self.stage(&what, Spanned::new(item_span, t)) {
-                                    stages.push(stage);
-                                }
-                            }
-                            other => self.error(
-                                item_span,
-                                format!(
-                                    "{what}: a stage must be a table, found {}",
-                                    other.type_str()
-                                ),
-                                Some(
-                                    "write stages as { type = \"decode\", codec = \"efento\" }"
-                                        .into(),
-                                ),
-                            ),
-                        }
-                    }
-                }
-                other => self.error(
-                    stages_span,
-                    format!(
-                        "{what}: `stages` must be an array, found {}",
-                        other.type_str()
-                    ),
-                    None,
-                ),
+            let hint = "write stages as { type = \"decode\", codec = \"efento\" }";
+            for stage in self.tables_of(&format!("{what}: a stage"), "`stages`", v, hint) {
+                stages.extend(self.stage(&what, stage));
             }
         }
         Some((
