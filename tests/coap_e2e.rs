@@ -188,14 +188,7 @@ fn unwritable_lake_gets_500_and_a_retry_after_repair_gets_201_with_data_stored_o
 
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let seed = vector_bytes("efento", "m00_seed_open_close");
-    let first = udp_exchange(
-        &sock,
-        running.coap,
-        &coap_request(true, POST, 0x0101, &[7], "m", &seed),
-        Duration::from_secs(5),
-    )
-    .expect("an answer");
-    let first = parse_coap(&first);
+    let first = con_post(&sock, running.coap, 0x0101, &[7], "m", &seed);
     assert_eq!(first.code, "5.00", "log:\n{}", running.log());
     assert_eq!(first.mid, 0x0101);
     assert_eq!(first.token, vec![7]);
@@ -203,14 +196,8 @@ fn unwritable_lake_gets_500_and_a_retry_after_repair_gets_201_with_data_stored_o
     std::fs::remove_file(&lake).unwrap();
     std::fs::create_dir(&lake).unwrap();
     // The sensor sends the same data again later, as a new message.
-    let second = udp_exchange(
-        &sock,
-        running.coap,
-        &coap_request(true, POST, 0x0102, &[8], "m", &seed),
-        Duration::from_secs(5),
-    )
-    .expect("an answer");
-    assert_eq!(parse_coap(&second).code, "2.01", "log:\n{}", running.log());
+    let second = con_post(&sock, running.coap, 0x0102, &[8], "m", &seed);
+    assert_eq!(second.code, "2.01", "log:\n{}", running.log());
     assert_eq!(seed_rows(&lake).len(), 25, "stored once");
 }
 
@@ -303,14 +290,7 @@ fn garbage_payload_gets_400_and_lands_in_dead_letter_with_its_bytes() {
     assert_eq!(code, "4.00");
     // The same over a raw socket, to see the diagnostic payload.
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let answer = udp_exchange(
-        &sock,
-        running.coap,
-        &coap_request(true, POST, 0x0333, &[3], "m", garbage),
-        Duration::from_secs(5),
-    )
-    .unwrap();
-    let answer = parse_coap(&answer);
+    let answer = con_post(&sock, running.coap, 0x0333, &[3], "m", garbage);
     assert_eq!(answer.code, "4.00");
     assert!(
         String::from_utf8_lossy(&answer.payload).contains("not an Efento"),
@@ -456,14 +436,7 @@ fn sinks_slower_than_the_ack_deadline_get_500_not_a_late_201() {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let seed = vector_bytes("efento", "m00_seed_open_close");
     let started = Instant::now();
-    let answer = udp_exchange(
-        &sock,
-        running.coap,
-        &coap_request(true, POST, 0x0a0a, &[], "m", &seed),
-        Duration::from_secs(5),
-    )
-    .expect("an answer");
-    let msg = parse_coap(&answer);
+    let msg = con_post(&sock, running.coap, 0x0a0a, &[], "m", &seed);
     assert_eq!(msg.code, "5.00");
     assert!(String::from_utf8_lossy(&msg.payload).contains("deadline"));
     assert!(

@@ -4,7 +4,6 @@
 mod common;
 
 use std::net::UdpSocket;
-use std::time::Duration;
 
 use common::*;
 use prost::Message as _;
@@ -40,14 +39,7 @@ async fn queued_configuration_rides_in_the_next_ack_of_that_device_only_once() {
     let other = vector_bytes("efento", "m01_temp_humidity_negative");
     let exchange = move |mid: u16, payload: Vec<u8>| {
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let answer = udp_exchange(
-            &sock,
-            addr,
-            &coap_request(true, 0x02, mid, &[1], "m", &payload),
-            Duration::from_secs(5),
-        )
-        .expect("an answer");
-        let msg = parse_coap(&answer);
+        let msg = con_post(&sock, addr, mid, &[1], "m", &payload);
         assert_eq!(msg.code, "2.01");
         ProtoConfig::decode(msg.payload.as_slice()).unwrap()
     };

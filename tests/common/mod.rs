@@ -231,6 +231,21 @@ pub fn udp_exchange(
     }
 }
 
+/// Sends a confirmable POST from `sock` and returns the parsed answer (panics if none comes in 5 s).
+pub fn con_post(
+    sock: &UdpSocket,
+    to: SocketAddr,
+    mid: u16,
+    token: &[u8],
+    path: &str,
+    payload: &[u8],
+) -> CoapMessage {
+    let request = coap_request(true, 0x02, mid, token, path, payload);
+    let answer =
+        udp_exchange(sock, to, &request, Duration::from_secs(5)).expect("an answer within 5 s");
+    parse_coap(&answer)
+}
+
 /// A CoAP request built by hand (RFC 7252 §3): version 1, type, code, message id, token, Uri-Path
 /// segments and any extra options (sorted by number), payload.
 pub fn coap_request(
