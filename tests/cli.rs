@@ -64,11 +64,7 @@ fn decode_command_refuses_bad_hex_and_bad_frames_with_one_line_and_exit_1() {
 fn validate_accepts_the_default_pipeline() {
     let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline.toml");
     let out = sensorgate().arg("validate").arg(&file).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
 }
 
@@ -189,9 +185,5 @@ to = ["lake"]
         .env("SENSORGATE_TEST_SURELY_UNSET", dir.path())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
 }

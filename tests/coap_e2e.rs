@@ -167,11 +167,7 @@ print(rows[0][0], rows[0][1], rows[0][2], rows[0][3])
         .arg(running.path("lake"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "25 1694006240 1694006720 1"
@@ -265,11 +261,7 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
         .arg(&seed)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let (code, payload) = stdout.trim().split_once(' ').unwrap();
     assert_eq!(code, "2.01");
