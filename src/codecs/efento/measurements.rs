@@ -284,8 +284,16 @@ fn binary(points: &[BinaryPoint], channel: u64, info: &TypeInfo, out: &mut Vec<V
     };
     for p in points {
         let state = if p.positive { positive } else { negative };
-        let mut row = row(channel, info.name, p.ts, None);
-        row.insert(key("value"), Value::String(state.to_owned()));
+        // Keys in order: the map is bulk-built instead of searched five times.
+        let row: Map<String, Value> = [
+            (key("channel"), Value::from(channel)),
+            (key("ts"), Value::from(p.ts)),
+            (key("type"), Value::String(info.name.to_owned())),
+            (key("unit"), Value::Null),
+            (key("value"), Value::String(state.to_owned())),
+        ]
+        .into_iter()
+        .collect();
         out.push(Value::Object(row));
     }
 }
