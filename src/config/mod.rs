@@ -607,6 +607,7 @@ impl<'a> Loader<'a> {
         span: Range<usize>,
         mut table: DeTable<'a>,
     ) -> Option<(FlowConfig, Vec<(&'static str, Reference)>)> {
+        self.substitute_env(&mut table);
         for (key, _) in table.iter() {
             let k = key.get_ref().to_string();
             if !FLOW_KEYS.contains(&k.as_str()) {
