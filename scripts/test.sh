@@ -29,5 +29,7 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
+echo "==> benches in test mode (each benchmark runs once, so they cannot rot)"
+cargo test --benches --locked
 echo "==> cargo test"
-cargo test --all-targets --locked
+cargo test --lib --bins --tests --locked
