@@ -422,6 +422,83 @@ fn overloaded_pipeline_answers_503_with_max_age() {
 }
 
 #[test]
+fn device_info_and_configuration_frames_are_acknowledged_and_stored_as_one_row_each() {
+    let running = Running::start("");
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let info = vector_bytes("efento", "i00_seed_device_info");
+    let config = vector_bytes("efento", "c00_seed_configuration");
+    assert_eq!(
+        con_post(&sock, running.coap, 0x0201, &[1], "i", &info).code,
+        "2.01"
+    );
+    assert_eq!(
+        con_post(&sock, running.coap, 0x0202, &[2], "c", &config).code,
+        "2.01"
+    );
+
+    let Some(python) = python() else { return };
+    let script = r#"
+import duckdb, json, sys
+rows = duckdb.sql(f"""select device, kind, key, text from read_parquet('{sys.argv[1]}/**/*.parquet', hive_partitioning=true)
+                      order by kind""").fetchall()
+for device, kind, key, text in rows:
+    doc = json.loads(text)
+    print(device, kind, key, doc.get("sw_version", doc.get("transmission_interval")))
+"#;
+    let out = Command::new(python)
+        .args(["-c", script])
+        .arg(running.path("lake"))
+        .output()
+        .unwrap();
+    assert_success(&out);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "282C0240FD34 config config 120\n282C024156AF device_info device_info 1546"
+    );
+}
+
+#[test]
+fn random_datagrams_never_stop_the_server() {
+    let running = Running::start("");
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    // A deterministic stream of junk: random bytes, truncated headers, wild option deltas, bad versions.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let seed = vector_bytes("efento", "m00_seed_open_close");
+    for i in 0..3000u32 {
+        let len = (next() % 80) as usize;
+        let mut junk: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        if i % 3 == 0 && len >= 4 {
+            junk[0] = 0x40 | (junk[0] & 0x0F); // version 1 CON, random everything else
+        }
+        if i % 5 == 0 {
+            junk = coap_request(
+                i % 2 == 0,
+                0x02,
+                i as u16,
+                &[],
+                "m",
+                &seed[..(i as usize % seed.len())],
+            );
+        }
+        sock.send_to(&junk, running.coap).unwrap();
+    }
+    // Drain whatever came back, then check the server still does its job.
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    while sock.recv_from(&mut buf).is_ok() {}
+    let answer = con_post(&sock, running.coap, 0xfff0, &[9], "m", &seed);
+    assert_eq!(answer.code, "2.01", "log:\n{}", running.log());
+    assert!(!running.log().contains("panicked"), "{}", running.log());
+}
+
+#[test]
 fn sinks_slower_than_the_ack_deadline_get_500_not_a_late_201() {
     let dir = tempfile::tempdir().unwrap();
     let running = Running::start_in(dir, "ack_deadline = \"300ms\"", "2s");
