@@ -10,8 +10,11 @@ use std::hint::black_box;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sensorgate::codecs::efento::{Message, decode};
+use sensorgate::document::to_json_line;
+use sensorgate::record::{Delivery, Origin, Record};
 
 /// Vector m00: the seed frame (one OK_ALARM channel expanding to 25 rows).
 const M00: &str =
@@ -34,6 +37,28 @@ fn bench_decode(c: &mut Criterion) {
             })
         });
     }
+    // The whole way to a sink's bytes: decode, then the JSON line a json_lines sink writes.
+    let payload = hex::decode(M00).expect("valid hex");
+    group.bench_function("m00_seed_open_close_to_json_line", |b| {
+        let mut line = Vec::with_capacity(4096);
+        b.iter(|| {
+            let decoded = decode(Message::Measurements, black_box(&payload)).expect("decodes");
+            let mut record = Record::new(
+                "efento".into(),
+                Origin::default(),
+                Bytes::new(),
+                Delivery::detached(),
+            );
+            record.kind = decoded.kind;
+            record.device = Some(decoded.serial);
+            record.body = decoded.body;
+            record.readings = decoded.readings;
+            line.clear();
+            to_json_line(&record, &mut line);
+            record.delivery.delivered();
+            line.len()
+        })
+    });
     group.finish();
 }
 

@@ -17,7 +17,7 @@
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
-use crate::record::{Record, rfc3339};
+use crate::record::{READINGS_FIELD, Record, rfc3339, shows_readings};
 
 /// A record seen as its JSON document (see the module docs for the shape and the collision rule).
 pub struct Document<'a>(pub &'a Record);
@@ -30,10 +30,17 @@ impl Serialize for Document<'_> {
         let write_kind = !body.contains_key("kind");
         let write_device = record.device.is_some() && !body.contains_key("device");
         let write_received_at = !body.contains_key("received_at");
-        let envelope_len = [write_source, write_kind, write_device, write_received_at]
-            .into_iter()
-            .filter(|&w| w)
-            .count();
+        let write_readings = shows_readings(record.kind, body, &record.readings);
+        let envelope_len = [
+            write_source,
+            write_kind,
+            write_device,
+            write_received_at,
+            write_readings,
+        ]
+        .into_iter()
+        .filter(|&w| w)
+        .count();
 
         let mut map = serializer.serialize_map(Some(envelope_len + body.len()))?;
         if write_source {
@@ -50,6 +57,9 @@ impl Serialize for Document<'_> {
         }
         for (name, value) in body {
             map.serialize_entry(name, value)?;
+        }
+        if write_readings {
+            map.serialize_entry(READINGS_FIELD, &record.readings)?;
         }
         map.end()
     }
@@ -103,6 +113,51 @@ mod tests {
         assert_eq!(text.matches('\n').count(), 1, "one line: {text}");
         let value = serde_json::from_str(text.trim_end()).unwrap();
         (text, value)
+    }
+
+    #[test]
+    fn typed_readings_are_written_as_measurements_in_the_vector_shape() {
+        use crate::record::{Reading, ReadingValue};
+        use std::borrow::Cow;
+        let mut record = record_at(1_694_006_240);
+        record.kind = Kind::Measurements;
+        record.body.insert("serial".into(), json!("282C024156AF"));
+        let reading = |value, raw, error_code| Reading {
+            channel: Some(1),
+            key: Cow::Borrowed("temperature"),
+            ts: 1_606_391_700,
+            value,
+            unit: Some(Cow::Borrowed("degC")),
+            raw,
+            meta: None,
+            error_code,
+            type_code: None,
+        };
+        record.readings = vec![
+            reading(ReadingValue::Float(11.5), Some(115), None),
+            reading(ReadingValue::Null, None, Some(8_388_557)),
+        ];
+        let mut line = Vec::new();
+        to_json_line(&record, &mut line);
+        let doc: Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(
+            doc["measurements"],
+            json!([
+                {"channel": 1, "type": "temperature", "ts": 1_606_391_700, "value": 11.5, "unit": "degC", "raw": 115},
+                {"channel": 1, "type": "temperature", "ts": 1_606_391_700, "value": null, "unit": "degC", "error_code": 8_388_557}
+            ])
+        );
+        assert_eq!(doc["serial"], "282C024156AF");
+
+        record.readings.clear();
+        let mut line = Vec::new();
+        to_json_line(&record, &mut line);
+        let doc: Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(
+            doc["measurements"],
+            json!([]),
+            "a measurements record always shows its rows"
+        );
     }
 
     #[test]

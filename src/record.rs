@@ -6,6 +6,7 @@
 //! parked in a dead-letter sink ([`Outcome::Rejected`]), or whether it could not be stored
 //! ([`Outcome::Failed`]). Only then may the source acknowledge the device or broker.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -89,7 +90,110 @@ pub struct Record {
     pub kind: Kind,
     /// The decoded document that sinks write.
     pub body: Map<String, Value>,
+    /// The readings of a time-series record, typed. A codec that yields many rows per frame fills these
+    /// instead of a JSON array in `body`; the document form shows them as `measurements` (see
+    /// [`Reading`]), and the Parquet sink writes them without going through JSON.
+    pub readings: Vec<Reading>,
     pub delivery: Delivery,
+}
+
+/// One reading of a time series: the row every telemetry kind shares (Parquet's long form, the
+/// `measurements` entries of a document: `{channel, type, ts, value, unit, raw?, meta?, error_code?,
+/// type_code?}`).
+///
+/// Typed because frames expand to many rows (an Efento binary channel gives one per grid point):
+/// building a JSON map per row cost more than everything else in decoding (BENCHMARKS.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    /// 1-based channel or slot, if the device has channels.
+    pub channel: Option<u32>,
+    /// What is measured (`temperature`, `ok_alarm`, ...).
+    pub key: Cow<'static, str>,
+    /// Unix time of the reading, in seconds.
+    pub ts: i64,
+    pub value: ReadingValue,
+    pub unit: Option<Cow<'static, str>>,
+    /// The raw integer the value was scaled from.
+    pub raw: Option<i64>,
+    /// A metadata remainder sent with the value (e.g. a calibration status).
+    pub meta: Option<i64>,
+    /// A sensor error code sent instead of a value (then `value` is null).
+    pub error_code: Option<i64>,
+    /// The numeric type of a reading whose type the decoder does not know (`key` is then "unknown").
+    pub type_code: Option<i64>,
+}
+
+/// The value of a [`Reading`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReadingValue {
+    Null,
+    Int(i64),
+    Float(f64),
+    /// A state such as "ok" or "alarm".
+    Text(Cow<'static, str>),
+}
+
+impl serde::Serialize for ReadingValue {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ReadingValue::Null => s.serialize_unit(),
+            ReadingValue::Int(v) => s.serialize_i64(*v),
+            ReadingValue::Float(v) => s.serialize_f64(*v),
+            ReadingValue::Text(v) => s.serialize_str(v),
+        }
+    }
+}
+
+impl serde::Serialize for Reading {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let optional = [self.raw, self.meta, self.error_code, self.type_code];
+        let len = 4 + usize::from(self.channel.is_some()) + optional.iter().flatten().count();
+        let mut map = s.serialize_map(Some(len))?;
+        if let Some(channel) = self.channel {
+            map.serialize_entry("channel", &channel)?;
+        }
+        map.serialize_entry("type", &self.key)?;
+        map.serialize_entry("ts", &self.ts)?;
+        map.serialize_entry("value", &self.value)?;
+        map.serialize_entry("unit", &self.unit)?;
+        for (name, v) in ["raw", "meta", "error_code", "type_code"]
+            .iter()
+            .zip(optional)
+        {
+            if let Some(v) = v {
+                map.serialize_entry(name, &v)?;
+            }
+        }
+        map.end()
+    }
+}
+
+/// The field under which a document shows a record's [`Reading`]s.
+pub const READINGS_FIELD: &str = "measurements";
+
+/// Whether a document shows `measurements`: when there are readings, and always for a measurements
+/// record (an empty frame shows `[]`), unless the body already has that field.
+pub fn shows_readings(kind: Kind, body: &Map<String, Value>, readings: &[Reading]) -> bool {
+    (!readings.is_empty() || kind == Kind::Measurements) && !body.contains_key(READINGS_FIELD)
+}
+
+/// `body` with the readings added as `measurements`: the whole document as one JSON object, for
+/// what needs it as a value (the CLI, schema validation) rather than serialized.
+pub fn document_value(
+    kind: Kind,
+    body: &Map<String, Value>,
+    readings: &[Reading],
+) -> Map<String, Value> {
+    let mut doc = body.clone();
+    if shows_readings(kind, body, readings) {
+        let rows = readings
+            .iter()
+            .map(|r| serde_json::to_value(r).unwrap_or(Value::Null))
+            .collect();
+        doc.insert(READINGS_FIELD.to_string(), Value::Array(rows));
+    }
+    doc
 }
 
 impl Record {
@@ -103,6 +207,7 @@ impl Record {
             device: None,
             kind: Kind::Raw,
             body: Map::new(),
+            readings: Vec::new(),
             delivery,
         }
     }
@@ -133,6 +238,7 @@ impl Record {
         body.insert("raw_hex".into(), Value::String(hex::encode(&self.raw)));
         body.insert("raw_len".into(), Value::from(self.raw.len()));
         self.body = body;
+        self.readings.clear();
         self.kind = Kind::DeadLetter;
         self
     }

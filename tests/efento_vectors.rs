@@ -145,11 +145,11 @@ fn check_vector(vector: &Value) -> Result<(), String> {
                 &exp["serial"],
                 Some(&Value::String(decoded.serial.clone())),
             )?;
-            check_measurements(exp, &decoded.body)?;
+            check_measurements(exp, &decoded.document())?;
             // The CLI path gives the same document.
             let via_hex = efento::decode_hex("m", hex).map_err(|e| e.to_string())?;
             check(
-                via_hex == Value::Object(decoded.body),
+                via_hex == Value::Object(decoded.document()),
                 "decode_hex",
                 &Value::Null,
                 None,
@@ -162,7 +162,7 @@ fn check_vector(vector: &Value) -> Result<(), String> {
                 Message::Configuration
             };
             let decoded = efento::decode(message, &payload).map_err(|e| e.to_string())?;
-            let actual = Value::Object(decoded.body);
+            let actual = Value::Object(decoded.document());
             check(same(expected, &actual), "document", expected, Some(&actual))?;
             let serial = expected["serial_number"]
                 .as_str()

@@ -69,7 +69,7 @@ use tokio::task::JoinHandle;
 use super::SinkCounters;
 use crate::config::HumanDuration;
 use crate::metrics::{self, Counter};
-use crate::record::Record;
+use crate::record::{Kind, Reading, ReadingValue, Record};
 
 /// `[sinks.NAME] type = "parquet"`: readings as Parquet files in a Hive-partitioned directory tree.
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
@@ -351,6 +351,16 @@ impl Batch {
             + record.device.as_ref().map_or(0, String::len)
             + record.origin.gateway.as_ref().map_or(0, |g| g.len());
         let (rows, bytes, body_json) = match readings(&record) {
+            Readings::Typed(readings) => {
+                let mut bytes = readings.len() * common;
+                for r in readings {
+                    bytes += r.key.len() + r.unit.as_ref().map_or(0, |u| u.len());
+                    if let ReadingValue::Text(t) = &r.value {
+                        bytes += t.len();
+                    }
+                }
+                (readings.len(), bytes, None)
+            }
             Readings::Entries { entries, key_field } => {
                 let mut bytes = entries.len() * common;
                 for entry in entries {
@@ -393,6 +403,8 @@ fn body_to_json(body: &Map<String, Value>) -> String {
 
 /// How a record becomes rows.
 enum Readings<'a> {
+    /// One row per typed reading (a decoded time series, e.g. Efento `/m`).
+    Typed(&'a [Reading]),
     /// One row per entry; `key_field` names the entry field that holds the row's key.
     Entries {
         entries: &'a [Value],
@@ -403,7 +415,9 @@ enum Readings<'a> {
 }
 
 fn readings(record: &Record) -> Readings<'_> {
-    if let Some(Value::Array(entries)) = record.body.get("measurements") {
+    if !record.readings.is_empty() {
+        Readings::Typed(&record.readings)
+    } else if let Some(Value::Array(entries)) = record.body.get("measurements") {
         Readings::Entries {
             entries,
             key_field: "type",
@@ -413,6 +427,8 @@ fn readings(record: &Record) -> Readings<'_> {
             entries,
             key_field: "key",
         }
+    } else if record.kind == Kind::Measurements {
+        Readings::Typed(&[]) // a measurements frame without rows: nothing to write
     } else {
         Readings::Whole
     }
@@ -494,6 +510,13 @@ fn rows_of<'a>(pending: &'a [Pending], received_at: &[i64], count: usize) -> Vec
     for (index, item) in pending.iter().enumerate() {
         let record = &item.record;
         match readings(record) {
+            Readings::Typed(readings) => {
+                rows.extend(
+                    readings
+                        .iter()
+                        .map(|r| reading_row(index, r, received_at[index])),
+                );
+            }
             Readings::Entries { entries, key_field } => {
                 let record_ts = record
                     .body
@@ -523,6 +546,30 @@ fn rows_of<'a>(pending: &'a [Pending], received_at: &[i64], count: usize) -> Vec
         }
     }
     rows
+}
+
+fn reading_row(record: usize, r: &Reading, received_at: i64) -> Row<'_> {
+    let (value, text) = match &r.value {
+        ReadingValue::Null => (None, None),
+        ReadingValue::Int(v) => (Some(*v as f64), None),
+        ReadingValue::Float(v) => (Some(*v), None),
+        ReadingValue::Text(t) => (None, Some(Cow::Borrowed(t.as_ref()))),
+    };
+    let ts =
+        r.ts.checked_mul(MICROS_PER_SECOND)
+            .filter(|t| (MIN_TS_MICROS..=MAX_TS_MICROS).contains(t))
+            .unwrap_or(received_at);
+    Row {
+        record,
+        ts,
+        key: Cow::Borrowed(r.key.as_ref()),
+        channel: r.channel.and_then(|c| i32::try_from(c).ok()),
+        value,
+        text,
+        unit: r.unit.as_deref().map(Cow::Borrowed),
+        meta: r.meta,
+        error_code: r.error_code,
+    }
 }
 
 fn entry_row<'a>(record: usize, entry: &'a Value, key_field: &str, record_ts: i64) -> Row<'a> {

@@ -74,6 +74,7 @@ impl DecodeStage {
                 record.device = Some(decoded.serial);
                 record.kind = decoded.kind;
                 record.body = decoded.body;
+                record.readings = decoded.readings;
                 Ok(())
             }
             Err(e) => Err(e.to_string()),

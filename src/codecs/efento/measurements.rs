@@ -1,11 +1,14 @@
 //! The measurements frame (`/m`, ProtoMeasurements) turned into the measurements document
 //! (fact sheet sections 3.1, 3.2, 3.3 and 4.1 to 4.4).
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 
 use super::proto::{ProtoChannel, ProtoMeasurements};
 use super::types::{Scale, TypeInfo, measurement_type};
 use super::{DecodeError, MAX_BINARY_POINTS};
+use crate::record::{Reading, ReadingValue};
 
 /// First sample offset of the sensor error range (section 4.2, 0x7F8000).
 pub const ERROR_CODE_MIN: i32 = 8_355_840;
@@ -107,15 +110,21 @@ pub(crate) fn expand_binary(
 }
 
 /// Decodes a `/m` payload into the measurements document (see [`super::decode`]).
-pub(crate) fn decode(payload: &[u8]) -> Result<(String, Map<String, Value>), DecodeError> {
+pub(crate) fn decode(
+    payload: &[u8],
+) -> Result<(String, Map<String, Value>, Vec<Reading>), DecodeError> {
     use prost::Message as _;
     let frame = ProtoMeasurements::decode(payload).map_err(|cause| DecodeError::Protobuf {
         message: super::Message::Measurements,
         cause,
     })?;
     let serial = super::serial_hex(&frame.serial_number, super::Message::Measurements)?;
-    let body = document(&frame, &serial)?;
-    Ok((serial, body))
+    let base = frame.measurement_period_base;
+    let factor = effective_factor(frame.measurement_period_factor, &frame.channels);
+    let period = u64::from(base) * u64::from(factor);
+    let readings = rows(&frame, base, period)?;
+    let body = document(&frame, &serial, factor, period);
+    Ok((serial, body, readings))
 }
 
 fn key(k: &'static str) -> String {
@@ -126,12 +135,13 @@ fn key(k: &'static str) -> String {
 ///
 /// The maps are built from key-ordered arrays: collecting sorted entries into a map is cheaper than inserting
 /// them one by one.
-fn document(frame: &ProtoMeasurements, serial: &str) -> Result<Map<String, Value>, DecodeError> {
+fn document(
+    frame: &ProtoMeasurements,
+    serial: &str,
+    factor: u32,
+    period: u64,
+) -> Map<String, Value> {
     let base = frame.measurement_period_base;
-    let factor = effective_factor(frame.measurement_period_factor, &frame.channels);
-    let period = u64::from(base) * u64::from(factor);
-
-    let measurements = rows(frame, base, period)?;
 
     let mut extra: Map<String, Value> = [
         (
@@ -167,7 +177,6 @@ fn document(frame: &ProtoMeasurements, serial: &str) -> Result<Map<String, Value
         (key("battery_ok"), Value::Bool(frame.battery_status)),
         (key("extra"), Value::Object(extra)),
         (key("measurement_period_s"), Value::from(period)),
-        (key("measurements"), Value::Array(measurements)),
         (key("next_transmission_at"), next_transmission_at),
         (key("serial"), Value::String(serial.to_owned())),
         (key("signal"), Value::from(frame.signal)),
@@ -180,7 +189,7 @@ fn document(frame: &ProtoMeasurements, serial: &str) -> Result<Map<String, Value
     if frame.battery_level != 0 {
         body.insert(key("battery_level"), battery_level(frame.battery_level));
     }
-    Ok(body)
+    body
 }
 
 /// The transfer reason bit mask of section 3.1, field by field.
@@ -224,7 +233,7 @@ fn battery_level(level: u32) -> Value {
 }
 
 /// All measurement rows of the frame, sorted by (channel, ts).
-fn rows(frame: &ProtoMeasurements, base: u32, period: u64) -> Result<Vec<Value>, DecodeError> {
+fn rows(frame: &ProtoMeasurements, base: u32, period: u64) -> Result<Vec<Reading>, DecodeError> {
     let mut budget = MAX_BINARY_POINTS;
     // Binary channels are expanded first so the row vector can be sized exactly.
     let mut expanded: Vec<Option<Vec<BinaryPoint>>> = Vec::with_capacity(frame.channels.len());
@@ -249,7 +258,7 @@ fn rows(frame: &ProtoMeasurements, base: u32, period: u64) -> Result<Vec<Value>,
 
     let mut out = Vec::with_capacity(total);
     for (slot, (ch, points)) in frame.channels.iter().zip(expanded).enumerate() {
-        let channel = slot as u64 + 1;
+        let channel = u32::try_from(slot + 1).unwrap_or(u32::MAX);
         match (measurement_type(ch.r#type), points) {
             (Some(info), Some(points)) => binary(&points, channel, info, &mut out),
             (Some(info), None) if info.scale == Scale::Empty => {}
@@ -259,58 +268,38 @@ fn rows(frame: &ProtoMeasurements, base: u32, period: u64) -> Result<Vec<Value>,
     Ok(out)
 }
 
-/// The fields every row has: channel, type, ts, unit.
-fn row(
-    channel: u64,
-    name: &'static str,
-    ts: i64,
-    unit: Option<&'static str>,
-) -> Map<String, Value> {
-    let mut row = Map::new();
-    row.insert(key("channel"), Value::from(channel));
-    row.insert(key("ts"), Value::from(ts));
-    row.insert(key("type"), Value::String(name.to_owned()));
-    row.insert(
-        key("unit"),
-        unit.map_or(Value::Null, |u| Value::String(u.to_owned())),
-    );
-    row
-}
-
 /// Rows of an expanded binary channel (section 4.3): the state name as the value, unit null.
-fn binary(points: &[BinaryPoint], channel: u64, info: &TypeInfo, out: &mut Vec<Value>) {
+fn binary(points: &[BinaryPoint], channel: u32, info: &TypeInfo, out: &mut Vec<Reading>) {
     let Scale::Binary { positive, negative } = info.scale else {
         return;
     };
-    for p in points {
-        let state = if p.positive { positive } else { negative };
-        // Keys in order: the map is bulk-built instead of searched five times.
-        let row: Map<String, Value> = [
-            (key("channel"), Value::from(channel)),
-            (key("ts"), Value::from(p.ts)),
-            (key("type"), Value::String(info.name.to_owned())),
-            (key("unit"), Value::Null),
-            (key("value"), Value::String(state.to_owned())),
-        ]
-        .into_iter()
-        .collect();
-        out.push(Value::Object(row));
-    }
+    out.extend(points.iter().map(|p| Reading {
+        channel: Some(channel),
+        key: Cow::Borrowed(info.name),
+        ts: p.ts,
+        value: ReadingValue::Text(Cow::Borrowed(if p.positive { positive } else { negative })),
+        unit: None,
+        raw: None,
+        meta: None,
+        error_code: None,
+        type_code: None,
+    }));
 }
 
 /// Rows of a continuous channel (section 4.2). `info` is `None` for a type number the table does not know:
 /// those rows keep the raw value, `type` "unknown" and the number in `type_code`.
 fn continuous(
     ch: &ProtoChannel,
-    channel: u64,
+    channel: u32,
     info: Option<&TypeInfo>,
     period: u64,
-    out: &mut Vec<Value>,
+    out: &mut Vec<Reading>,
 ) -> Result<(), DecodeError> {
     let (name, scale, unit) = match info {
         Some(i) => (i.name, i.scale, i.unit),
         None => ("unknown", Scale::Divisor(1), None),
     };
+    let type_code = info.is_none().then_some(i64::from(ch.r#type));
     let t0 = i128::from(ch.timestamp);
     let start = i64::from(ch.start_point);
     for (i, &off) in ch.sample_offsets.iter().enumerate() {
@@ -318,36 +307,41 @@ fn continuous(
         let ts = i64::try_from(ts).map_err(|_| DecodeError::TimeOutOfRange {
             channel: channel as usize,
         })?;
-        let mut row = row(channel, name, ts, unit);
-        if info.is_none() {
-            row.insert(key("type_code"), Value::from(ch.r#type));
-        }
+        let mut reading = Reading {
+            channel: Some(channel),
+            key: Cow::Borrowed(name),
+            ts,
+            value: ReadingValue::Null,
+            unit: unit.map(Cow::Borrowed),
+            raw: None,
+            meta: None,
+            error_code: None,
+            type_code,
+        };
         if (ERROR_CODE_MIN..=ERROR_CODE_MAX).contains(&off) {
             // An error keeps its time slot; start_point is not added (section 4.2).
-            row.insert(key("value"), Value::Null);
-            row.insert(key("error_code"), Value::from(off));
-            out.push(Value::Object(row));
+            reading.error_code = Some(i64::from(off));
+            out.push(reading);
             continue;
         }
         let raw = start + i64::from(off);
-        row.insert(key("raw"), Value::from(raw));
-        let value = match scale {
-            Scale::Divisor(1) => Value::from(raw),
-            Scale::Divisor(d) => Value::from(raw as f64 / f64::from(d)),
+        reading.raw = Some(raw);
+        reading.value = match scale {
+            Scale::Divisor(1) => ReadingValue::Int(raw),
+            Scale::Divisor(d) => ReadingValue::Float(raw as f64 / f64::from(d)),
             Scale::Meta(m) => {
                 let m = i64::from(m);
                 let magnitude = raw.abs();
-                row.insert(key("meta"), Value::from(magnitude % m));
-                Value::from(if raw < 0 {
+                reading.meta = Some(magnitude % m);
+                ReadingValue::Int(if raw < 0 {
                     -(magnitude / m)
                 } else {
                     magnitude / m
                 })
             }
-            Scale::Binary { .. } | Scale::Empty => Value::Null,
+            Scale::Binary { .. } | Scale::Empty => ReadingValue::Null,
         };
-        row.insert(key("value"), value);
-        out.push(Value::Object(row));
+        out.push(reading);
     }
     Ok(())
 }

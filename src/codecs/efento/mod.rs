@@ -23,7 +23,7 @@ use std::fmt;
 use prost::Message as _;
 use serde_json::{Map, Value};
 
-use crate::record::Kind;
+use crate::record::{Kind, Reading};
 
 /// The prost types generated from `proto/efento/*.proto` (fact sheet sections 3.1 to 3.8).
 #[allow(clippy::all, missing_docs)]
@@ -97,8 +97,19 @@ pub struct Decoded {
     pub serial: String,
     /// Measurements, DeviceInfo or Config.
     pub kind: Kind,
-    /// The document: the measurements document for `/m`, the protobuf JSON mapping for `/i` and `/c`.
+    /// The document: the measurements document for `/m` (without its rows), the protobuf JSON mapping
+    /// for `/i` and `/c`.
     pub body: Map<String, Value>,
+    /// The rows of `/m`, typed (empty for `/i` and `/c`); [`Decoded::document`] shows them as
+    /// `measurements`.
+    pub readings: Vec<Reading>,
+}
+
+impl Decoded {
+    /// The whole document as JSON, rows included, in the shape of the shared vectors.
+    pub fn document(&self) -> Map<String, Value> {
+        crate::record::document_value(self.kind, &self.body, &self.readings)
+    }
 }
 
 /// Why a payload could not be decoded.
@@ -162,11 +173,12 @@ fn serial_hex(bytes: &[u8], message: Message) -> Result<String, DecodeError> {
 pub fn decode(message: Message, payload: &[u8]) -> Result<Decoded, DecodeError> {
     match message {
         Message::Measurements => {
-            let (serial, body) = measurements::decode(payload)?;
+            let (serial, body, readings) = measurements::decode(payload)?;
             Ok(Decoded {
                 serial,
                 kind: Kind::Measurements,
                 body,
+                readings,
             })
         }
         Message::DeviceInfo | Message::Configuration => {
@@ -186,6 +198,7 @@ pub fn decode(message: Message, payload: &[u8]) -> Result<Decoded, DecodeError> 
                 serial,
                 kind: message.kind(),
                 body,
+                readings: Vec::new(),
             })
         }
     }
@@ -208,7 +221,7 @@ pub fn decode_hex(path: &str, hex: &str) -> Result<Value, DecodeError> {
         _ => {
             let message = Message::from_route(path)
                 .ok_or_else(|| DecodeError::UnknownPath(path.to_owned()))?;
-            decode(message, &bytes).map(|d| Value::Object(d.body))
+            decode(message, &bytes).map(|d| Value::Object(d.document()))
         }
     }
 }

@@ -35,7 +35,7 @@ fn channel(ty: MeasurementType, timestamp: i32, start: i32, offsets: &[i32]) -> 
 
 fn measurements_of(f: &ProtoMeasurements) -> Vec<Value> {
     let d = decode(Message::Measurements, &f.encode_to_vec()).unwrap();
-    d.body["measurements"].as_array().unwrap().clone()
+    d.document()["measurements"].as_array().unwrap().clone()
 }
 
 fn ts_values(rows: &[Value]) -> Vec<(i64, Value)> {
@@ -49,7 +49,8 @@ fn seed_frame_gives_25_ok_rows_every_20_s() {
     let d = decode(Message::Measurements, &seed()).unwrap();
     assert_eq!(d.serial, "282C024156AF");
     assert_eq!(d.kind, Kind::Measurements);
-    let rows = d.body["measurements"].as_array().unwrap();
+    let doc = d.document();
+    let rows = doc["measurements"].as_array().unwrap();
     assert_eq!(rows.len(), 25);
     for (k, row) in rows.iter().enumerate() {
         assert_eq!(row["ts"], json!(1_694_006_240 + 20 * k as i64));
@@ -179,7 +180,8 @@ fn factor_zero_means_14_with_a_binary_channel_and_1_without() {
     .unwrap();
     assert_eq!(d.body["measurement_period_s"], 840);
     assert_eq!(d.body["extra"]["effective_factor"], 14);
-    let rows = d.body["measurements"].as_array().unwrap();
+    let doc = d.document();
+    let rows = doc["measurements"].as_array().unwrap();
     assert_eq!(rows[1]["ts"], 1000 + 840); // continuous step base*14
     assert_eq!(rows[3]["ts"], 1000 + 60); // binary step base
     assert_eq!(rows[3]["value"], "no_water");
@@ -205,7 +207,8 @@ fn unpacked_sample_offsets_are_accepted() {
     payload.push(ch.len() as u8);
     payload.extend_from_slice(&ch);
     let d = decode(Message::Measurements, &payload).unwrap();
-    let rows = d.body["measurements"].as_array().unwrap();
+    let doc = d.document();
+    let rows = doc["measurements"].as_array().unwrap();
     assert_eq!(
         ts_values(rows),
         vec![(1000, json!(10.0)), (1060, json!(9.9)), (1120, json!(10.2))]
@@ -372,7 +375,8 @@ fn battery_level_gives_voltage_and_power_source() {
 fn next_transmission_absent_is_null() {
     let d = decode(Message::Measurements, &frame(60, 1, vec![]).encode_to_vec()).unwrap();
     assert_eq!(d.body["next_transmission_at"], Value::Null);
-    assert_eq!(d.body["measurements"], json!([]));
+    assert_eq!(d.document()["measurements"], json!([]));
+    assert!(d.readings.is_empty());
 }
 
 #[test]
