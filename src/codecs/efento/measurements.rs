@@ -110,9 +110,7 @@ pub(crate) fn expand_binary(
 }
 
 /// Decodes a `/m` payload into the measurements document (see [`super::decode`]).
-pub(crate) fn decode(
-    payload: &[u8],
-) -> Result<(String, Map<String, Value>, Vec<Reading>), DecodeError> {
+pub(crate) fn decode(payload: &[u8]) -> Result<super::Decoded, DecodeError> {
     use prost::Message as _;
     let frame = ProtoMeasurements::decode(payload).map_err(|cause| DecodeError::Protobuf {
         message: super::Message::Measurements,
@@ -124,7 +122,12 @@ pub(crate) fn decode(
     let period = u64::from(base) * u64::from(factor);
     let readings = rows(&frame, base, period)?;
     let body = document(&frame, &serial, factor, period);
-    Ok((serial, body, readings))
+    Ok(super::Decoded {
+        serial,
+        kind: crate::record::Kind::Measurements,
+        body,
+        readings,
+    })
 }
 
 fn key(k: &'static str) -> String {

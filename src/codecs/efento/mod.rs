@@ -172,15 +172,7 @@ fn serial_hex(bytes: &[u8], message: Message) -> Result<String, DecodeError> {
 /// into the protobuf JSON mapping, `/i` with `derived.sw_version_str` added (section 3.4).
 pub fn decode(message: Message, payload: &[u8]) -> Result<Decoded, DecodeError> {
     match message {
-        Message::Measurements => {
-            let (serial, body, readings) = measurements::decode(payload)?;
-            Ok(Decoded {
-                serial,
-                kind: Kind::Measurements,
-                body,
-                readings,
-            })
-        }
+        Message::Measurements => measurements::decode(payload),
         Message::DeviceInfo | Message::Configuration => {
             let msg = json::decode(message.proto_name(), payload)
                 .map_err(|cause| DecodeError::Protobuf { message, cause })?;
