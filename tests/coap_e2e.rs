@@ -83,6 +83,17 @@ fn seed_rows(dir: &Path) -> Vec<(String, i64, Option<String>)> {
         .collect()
 }
 
+/// Runs a Python script (DuckDB, pyarrow) with the lake directory as its argument; returns its stdout.
+fn python_on_lake(python: &Path, script: &str, lake: &Path) -> String {
+    let out = Command::new(python)
+        .args(["-c", script])
+        .arg(lake)
+        .output()
+        .unwrap();
+    assert_success(&out);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// Runs coap-client-notls and returns (code, payload) of the answer, e.g. ("2.01", bytes).
 fn coap_client(
     method: &str,
@@ -162,14 +173,8 @@ rows = duckdb.sql(f"""select count(*), min(epoch(ts))::bigint, max(epoch(ts))::b
                       where device = '282C024156AF' and key = 'ok_alarm' and text = 'ok'""").fetchall()
 print(rows[0][0], rows[0][1], rows[0][2], rows[0][3])
 "#;
-    let out = Command::new(python)
-        .args(["-c", script])
-        .arg(running.path("lake"))
-        .output()
-        .unwrap();
-    assert_success(&out);
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
+        python_on_lake(&python, script, &running.path("lake")),
         "25 1694006240 1694006720 1"
     );
 }
@@ -445,14 +450,8 @@ for device, kind, key, text in rows:
     doc = json.loads(text)
     print(device, kind, key, doc.get("sw_version", doc.get("transmission_interval")))
 "#;
-    let out = Command::new(python)
-        .args(["-c", script])
-        .arg(running.path("lake"))
-        .output()
-        .unwrap();
-    assert_success(&out);
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
+        python_on_lake(&python, script, &running.path("lake")),
         "282C0240FD34 config config 120\n282C024156AF device_info device_info 1546"
     );
 }
