@@ -286,3 +286,46 @@ impl Router {
         let _ = last.send(record).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_component_that_fails_or_ends_early_stops_the_pipeline() {
+        let shutdown = CancellationToken::new();
+        let failed = spawn_component("broken", &shutdown, async { anyhow::bail!("disk gone") });
+        assert!(failed.await.unwrap().is_err());
+        assert!(shutdown.is_cancelled(), "an error stops everything");
+
+        let shutdown = CancellationToken::new();
+        let ended = spawn_component("quitter", &shutdown, async { Ok(()) });
+        ended.await.unwrap().unwrap();
+        assert!(
+            shutdown.is_cancelled(),
+            "ending before a shutdown was asked for stops everything"
+        );
+
+        let shutdown = CancellationToken::new();
+        let panicked = spawn_component("panicky", &shutdown, async { boom() });
+        let result = panicked.await.unwrap();
+        assert!(result.unwrap_err().to_string().contains("panicked"));
+        assert!(shutdown.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_component_ending_after_shutdown_is_normal() {
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let component = spawn_component("sink", &shutdown, async move {
+            token.cancelled().await;
+            Ok(())
+        });
+        shutdown.cancel();
+        component.await.unwrap().unwrap();
+    }
+
+    fn boom() -> anyhow::Result<()> {
+        panic!("boom")
+    }
+}

@@ -748,3 +748,66 @@ fn parquet_commit_throughput() {
         estimated_bytes,
     );
 }
+
+#[tokio::test]
+async fn parquet_typed_readings_become_rows_without_json() {
+    use crate::record::{Reading, ReadingValue};
+    use std::borrow::Cow;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("lake");
+    let sink = ParquetSink::new("pq-typed", &config(&root)).unwrap();
+    let (tx, rx) = mpsc::channel(4);
+    let task = tokio::spawn(sink.run(rx));
+
+    let reading = |ts: i64, value: ReadingValue| Reading {
+        channel: Some(1),
+        key: Cow::Borrowed("temperature"),
+        ts,
+        value,
+        unit: Some(Cow::Borrowed("degC")),
+        raw: None,
+        meta: Some(2),
+        error_code: None,
+        type_code: None,
+    };
+    let (mut record, watch) = record_with(Kind::Measurements, Some("A"), json!({"serial": "A"}));
+    record.readings = vec![
+        reading(T0, ReadingValue::Float(21.5)),
+        reading(T0 + 60, ReadingValue::Int(22)),
+        reading(T0 + 120, ReadingValue::Text(Cow::Borrowed("ok"))),
+        Reading {
+            error_code: Some(8_388_557),
+            ..reading(T0 + 180, ReadingValue::Null)
+        },
+        // A time no date partition can hold falls back to the reception time rather than being lost.
+        reading(i64::MAX, ReadingValue::Float(1.0)),
+    ];
+    // An empty measurements record has nothing to write and is still settled.
+    let (empty, empty_watch) = record_with(Kind::Measurements, Some("B"), json!({"serial": "B"}));
+    tx.send(record).await.unwrap();
+    tx.send(empty).await.unwrap();
+    assert_delivered(watch).await;
+    assert_delivered(empty_watch).await;
+    drop(tx);
+    task.await.unwrap().unwrap();
+
+    let mut rows = read_all(&root);
+    rows.sort_by_key(|r| r.ts);
+    assert_eq!(rows.len(), 5, "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|r| r.device.as_deref() == Some("A") && r.key == "temperature")
+    );
+    assert_eq!(rows[0].value, Some(21.5));
+    assert_eq!(rows[1].value, Some(22.0));
+    assert_eq!((rows[2].value, rows[2].text.as_deref()), (None, Some("ok")));
+    assert_eq!((rows[3].value, rows[3].error_code), (None, Some(8_388_557)));
+    assert_eq!(rows[0].meta, Some(2));
+    assert_eq!(rows[0].unit.as_deref(), Some("degC"));
+    assert_eq!(rows[0].channel, Some(1));
+    assert_eq!(
+        rows[4].ts,
+        micros(T0 + 3600),
+        "out-of-range time falls back to received_at"
+    );
+}
