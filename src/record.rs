@@ -74,6 +74,17 @@ pub struct Origin {
     pub rssi: Option<i32>,
     /// A device token carried in a transport option (Efento cloud token as a CoAP option).
     pub token: Option<String>,
+    /// Other receptions of the same item folded into this record by a dedupe stage in merge mode
+    /// (the same radio telegram heard by several gateways). This record's own gateway is not repeated.
+    pub receptions: Vec<Reception>,
+}
+
+/// One more reception of an item: who relayed it, how well, and when.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reception {
+    pub gateway: Option<Arc<str>>,
+    pub rssi: Option<i32>,
+    pub received_at: SystemTime,
 }
 
 /// The unit of data in a pipeline (see DESIGN.md, "The record").
@@ -269,6 +280,8 @@ struct State {
     rejected: Option<String>,
     device: Option<String>,
     tx: Option<oneshot::Sender<Outcome>>,
+    /// Tokens of records merged into this one (duplicates): they share its fate.
+    followers: Vec<Delivery>,
 }
 
 struct Shared {
@@ -295,7 +308,18 @@ impl Drop for Shared {
                     device: state.device.take(),
                 }
             };
+            settle_followers(std::mem::take(&mut state.followers), &outcome);
             let _ = tx.send(outcome);
+        }
+    }
+}
+
+fn settle_followers(followers: Vec<Delivery>, outcome: &Outcome) {
+    for follower in followers {
+        match outcome {
+            Outcome::Failed { reason } => follower.failed(reason.clone()),
+            // A duplicate of a record that was stored, or parked in dead letter, needs no storing itself.
+            Outcome::Delivered { .. } | Outcome::Rejected { .. } => follower.delivered(),
         }
     }
 }
@@ -379,9 +403,55 @@ impl Delivery {
         });
     }
 
+    /// Makes `other` (the token of a duplicate folded into this record) share this record's fate: it is
+    /// settled as delivered when this record is, failed when this record fails. The duplicate's source
+    /// thus learns "stored" only once the first copy is stored, never before.
+    pub fn absorb(&self, other: Delivery) {
+        match &self.shared {
+            Some(shared) => {
+                let mut guard = match shared.state.lock() {
+                    Ok(g) => g,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                guard.followers.push(other);
+            }
+            // Nobody waits for this record, so nothing will report its fate: the duplicate is
+            // settled now, as a dropped duplicate always was.
+            None => other.delivered(),
+        }
+    }
+
+    /// A handle that lets a later duplicate join this record's fate while the record is still on its way
+    /// (see [`DeliveryHandle::absorb`]), without holding the record's delivery open.
+    pub fn handle(&self) -> DeliveryHandle {
+        DeliveryHandle(self.shared.as_ref().map(Arc::downgrade))
+    }
+
     /// Whether a source waits for this token.
     pub fn is_watched(&self) -> bool {
         self.shared.is_some()
+    }
+}
+
+/// A weak reference to a record's delivery, kept by a dedupe stage after the record moved on.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryHandle(Option<std::sync::Weak<Shared>>);
+
+impl DeliveryHandle {
+    /// If the record is still on its way, `other` shares its fate (as with [`Delivery::absorb`]).
+    /// If it has been settled already, `other` is settled as delivered. (A handle does not remember how
+    /// the first copy went: a duplicate of a first copy that failed is settled as delivered too.)
+    pub fn absorb(&self, other: Delivery) {
+        match self.0.as_ref().and_then(std::sync::Weak::upgrade) {
+            Some(shared) => {
+                let mut guard = match shared.state.lock() {
+                    Ok(g) => g,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                guard.followers.push(other);
+            }
+            None => other.delivered(),
+        }
     }
 }
 
@@ -402,6 +472,12 @@ impl Drop for Delivery {
                     .get_or_insert_with(|| "dropped before a sink stored it".to_string());
             });
         }
+    }
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Shared")
     }
 }
 
@@ -446,6 +522,44 @@ mod tests {
                 reason: "disk full".into()
             }
         );
+    }
+
+    #[test]
+    fn absorbed_duplicate_shares_the_fate_of_the_first_copy() {
+        let (first, mut first_rx) = Delivery::new();
+        let (dup, mut dup_rx) = Delivery::new();
+        first.absorb(dup);
+        assert!(
+            dup_rx.try_recv().is_err(),
+            "not before the first copy is stored"
+        );
+        first.delivered();
+        assert!(matches!(
+            first_rx.try_recv().unwrap(),
+            Outcome::Delivered { .. }
+        ));
+        assert!(matches!(
+            dup_rx.try_recv().unwrap(),
+            Outcome::Delivered { .. }
+        ));
+
+        let (first, _first_rx) = Delivery::new();
+        let (dup, mut dup_rx) = Delivery::new();
+        first.absorb(dup);
+        first.failed("disk full");
+        assert_eq!(
+            dup_rx.try_recv().unwrap(),
+            Outcome::Failed {
+                reason: "disk full".into()
+            }
+        );
+
+        let (dup, mut dup_rx) = Delivery::new();
+        Delivery::detached().absorb(dup);
+        assert!(matches!(
+            dup_rx.try_recv().unwrap(),
+            Outcome::Delivered { .. }
+        ));
     }
 
     #[test]

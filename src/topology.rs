@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Context as _;
 use tokio::sync::mpsc;
@@ -188,6 +189,8 @@ where
 struct FlowRunner {
     stages: Vec<Box<dyn Stage>>,
     router: Router,
+    /// A reusable buffer for what a stage pushes.
+    scratch: Vec<Record>,
 }
 
 /// Where a flow's records go: good ones to every `to` sink, rejects to the dead-letter sink.
@@ -229,33 +232,83 @@ impl FlowRunner {
         FlowRunner {
             stages: stages::build(&flow.name, &flow.stages),
             router,
+            scratch: Vec::new(),
         }
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Record>) -> anyhow::Result<()> {
         let mut batch = Vec::with_capacity(256);
-        let mut current = Vec::new();
-        let mut next = Vec::new();
-        while rx.recv_many(&mut batch, 256).await > 0 {
+        loop {
+            let deadline = self.next_deadline();
+            let received = tokio::select! {
+                n = rx.recv_many(&mut batch, 256) => n,
+                _ = sleep_until(deadline), if deadline.is_some() => {
+                    self.fire_timers(false).await;
+                    continue;
+                }
+            };
+            if received == 0 {
+                break;
+            }
+            let mut one = Vec::with_capacity(4);
             for record in batch.drain(..) {
-                current.push(record);
-                for stage in self.stages.iter_mut() {
-                    for r in current.drain(..) {
-                        if r.kind == Kind::DeadLetter {
-                            next.push(r);
-                        } else {
-                            stage.process(r, &mut next);
-                        }
-                    }
-                    std::mem::swap(&mut current, &mut next);
-                }
-                for r in current.drain(..) {
-                    self.router.route(r).await;
-                }
+                one.push(record);
+                self.run_stages(0, &mut one).await;
+            }
+            // Under a steady stream the receive branch is always ready: timers must not starve.
+            if self.next_deadline().is_some_and(|d| d <= Instant::now()) {
+                self.fire_timers(false).await;
             }
         }
+        // The input has ended: release whatever the stages still hold.
+        self.fire_timers(true).await;
         tracing::debug!(flow = %self.router.name, "flow drained");
         Ok(())
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.stages.iter().filter_map(|s| s.next_deadline()).min()
+    }
+
+    async fn fire_timers(&mut self, flush: bool) {
+        let now = Instant::now();
+        for index in 0..self.stages.len() {
+            let due = flush || self.stages[index].next_deadline().is_some_and(|d| d <= now);
+            if !due {
+                continue;
+            }
+            let mut released = Vec::new();
+            self.stages[index].on_timer(now, flush, &mut released);
+            if !released.is_empty() {
+                self.run_stages(index + 1, &mut released).await;
+            }
+        }
+    }
+
+    /// Runs records through the stages from `first` on, then routes what comes out. `current` is
+    /// left empty (and reusable).
+    async fn run_stages(&mut self, first: usize, current: &mut Vec<Record>) {
+        let mut next = std::mem::take(&mut self.scratch);
+        for stage in self.stages[first..].iter_mut() {
+            for r in current.drain(..) {
+                if r.kind == Kind::DeadLetter {
+                    next.push(r);
+                } else {
+                    stage.process(r, &mut next);
+                }
+            }
+            std::mem::swap(current, &mut next);
+        }
+        for r in current.drain(..) {
+            self.router.route(r).await;
+        }
+        self.scratch = next;
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    if let Some(deadline) = deadline {
+        tokio::time::sleep_until(deadline.into()).await;
     }
 }
 

@@ -24,6 +24,7 @@ use crate::sinks::jsonl::JsonLinesConfig;
 use crate::sinks::parquet::ParquetConfig;
 use crate::sources::coap::CoapConfig;
 use crate::stages::decode::DecodeConfig;
+use crate::stages::dedupe::DedupeConfig;
 
 /// Default capacity of the bounded queue in front of a flow or a sink.
 pub const DEFAULT_QUEUE: usize = 16_384;
@@ -84,6 +85,8 @@ pub struct FlowConfig {
 pub enum StageConfig {
     /// `{ type = "decode", codec = "efento" }`
     Decode(DecodeConfig),
+    /// `{ type = "dedupe", key = "esp3", window = "2s", merge = "100ms" }`
+    Dedupe(DedupeConfig),
 }
 
 impl SourceKind {
@@ -105,7 +108,7 @@ impl SinkKind {
 
 const SOURCE_TYPES: &[&str] = &["coap"];
 const SINK_TYPES: &[&str] = &["parquet", "json_lines"];
-const STAGE_TYPES: &[&str] = &["decode"];
+const STAGE_TYPES: &[&str] = &["decode", "dedupe"];
 const TOP_KEYS: &[&str] = &["sources", "sinks", "flows"];
 const FLOW_KEYS: &[&str] = &["name", "from", "stages", "to", "dead_letter", "queue"];
 
@@ -757,11 +760,18 @@ impl<'a> Loader<'a> {
     fn stage(&mut self, flow: &str, mut table: Spanned<DeTable<'a>>) -> Option<StageConfig> {
         let span = table.span();
         let what = format!("{flow}: stage");
-        let (kind, _) = self.take_type(&what, span, &mut table, STAGE_TYPES)?;
+        let (kind, _) = self.take_type(&what, span.clone(), &mut table, STAGE_TYPES)?;
         match kind.as_str() {
             "decode" => self
                 .deserialize(&format!("{what} `decode`"), table)
                 .map(StageConfig::Decode),
+            "dedupe" => {
+                let config: DedupeConfig = self.deserialize(&format!("{what} `dedupe`"), table)?;
+                for problem in config.problems() {
+                    self.error(span.clone(), format!("{what} `dedupe`: {problem}"), None);
+                }
+                Some(StageConfig::Dedupe(config))
+            }
             _ => None,
         }
     }

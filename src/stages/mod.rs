@@ -3,6 +3,9 @@
 //! the flow routes those to its dead-letter sink.
 
 pub mod decode;
+pub mod dedupe;
+
+use std::time::Instant;
 
 use crate::config::StageConfig;
 use crate::record::Record;
@@ -15,6 +18,15 @@ pub trait Stage: Send {
     /// drops a record on purpose (a duplicate) settles it with `record.delivery.delivered()`; one dropped
     /// unsettled counts as failed, and its source answers "not stored".
     fn process(&mut self, record: Record, out: &mut Vec<Record>);
+    /// When the stage next needs [`Stage::on_timer`] (held records to release, statistics to emit).
+    fn next_deadline(&self) -> Option<Instant> {
+        None
+    }
+    /// Called once `next_deadline` has passed, and with `flush` set when the flow's input has ended
+    /// (then everything held must come out). What it pushes runs through the stages after this one.
+    fn on_timer(&mut self, now: Instant, flush: bool, out: &mut Vec<Record>) {
+        let _ = (now, flush, out);
+    }
 }
 
 /// Builds the stages of a flow from its config, in order.
@@ -23,6 +35,7 @@ pub fn build(flow: &str, stages: &[StageConfig]) -> Vec<Box<dyn Stage>> {
         .iter()
         .map(|s| match s {
             StageConfig::Decode(c) => Box::new(decode::DecodeStage::new(flow, c)) as Box<dyn Stage>,
+            StageConfig::Dedupe(c) => Box::new(dedupe::DedupeStage::new(flow, c)),
         })
         .collect()
 }
