@@ -1,0 +1,449 @@
+//! The device registry: which devices are onboarded, their profile (EEP), names, location, tags and
+//! security keys. Read from a file such as `devices.toml` and reloaded when the file changes; a file
+//! that no longer parses is reported and the last good registry stays in use.
+//!
+//! ```toml
+//! [[devices]]
+//! eurid = "04138bb4"          # the sender id (sourceEurid in the EnOcean IoT Connector)
+//! eep = "d2-14-41"
+//! friendly_id = "Multisensor 1"
+//! location = "Cloud center"
+//! custom_tag = "floor-2"
+//! # secure devices only:
+//! key = "${KEY_04138BB4}"     # AES-128 key, 32 hex digits; never logged
+//! slf = "0x8b"                # security level format from the device's secure teach-in
+//! rlc = "000000"              # rolling code to start from
+//! [devices.fields]            # anything else, added to records by the enrich stage
+//! room = "221"
+//! ```
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{Duration, SystemTime};
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::codecs::enocean::secure::{Key, Slf};
+use crate::codecs::enocean::{eep, id_hex, parse_id};
+
+/// One onboarded device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Device {
+    pub eurid: u32,
+    /// `eurid` as 8 lowercase hex digits, the way documents print it.
+    pub id: String,
+    /// The profile, normalised to lowercase `rr-ff-tt`, as written (it may be one no decoder knows).
+    pub eep: Option<String>,
+    pub friendly_id: String,
+    pub location: String,
+    pub custom_tag: String,
+    pub security: Option<Security>,
+    /// User fields, for the enrich stage.
+    pub fields: Map<String, Value>,
+}
+
+/// A secure device's key material. `Debug` never shows the key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Security {
+    pub key: Key,
+    pub slf: Slf,
+    /// The rolling code to expect first.
+    pub rlc: u32,
+}
+
+/// The devices of one registry file at one moment.
+pub type Devices = HashMap<u32, Arc<Device>>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegistryFile {
+    #[serde(default)]
+    devices: Vec<DeviceEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceEntry {
+    #[serde(alias = "sourceEurid", alias = "source_eurid")]
+    eurid: String,
+    #[serde(default)]
+    eep: Option<String>,
+    #[serde(default, alias = "friendlyID", alias = "friendlyId")]
+    friendly_id: String,
+    #[serde(default)]
+    location: String,
+    #[serde(default, alias = "customTag")]
+    custom_tag: String,
+    #[serde(default, alias = "aes_key")]
+    key: Option<String>,
+    #[serde(default)]
+    slf: Option<String>,
+    #[serde(default)]
+    rlc: Option<String>,
+    #[serde(default)]
+    fields: Map<String, Value>,
+}
+
+/// Why a registry file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{path}: {error}")]
+    Read { path: String, error: std::io::Error },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+/// A device that loaded, with something the operator should know (e.g. an EEP no decoder knows).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Warning(pub String);
+
+/// `rr-ff-tt` in lowercase from the ways people write an EEP (`A5-02-05`, `a50205`, `A5_02_05`).
+pub fn normalize_eep(text: &str) -> Option<String> {
+    let digits: String = text
+        .chars()
+        .filter(|c| !matches!(c, '-' | '_' | ' ' | ':'))
+        .collect::<String>()
+        .to_ascii_lowercase();
+    if digits.len() != 6 || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some(format!(
+        "{}-{}-{}",
+        &digits[0..2],
+        &digits[2..4],
+        &digits[4..6]
+    ))
+}
+
+fn hex_u32(text: &str) -> Option<u32> {
+    let t = text
+        .trim()
+        .trim_start_matches("0x")
+        .trim_start_matches("0X");
+    if t.is_empty() || t.len() > 8 {
+        return None;
+    }
+    u32::from_str_radix(t, 16).ok()
+}
+
+/// Parses a registry file's text. `path` is only used in messages.
+pub fn parse(path: &str, text: &str) -> Result<(Devices, Vec<Warning>), RegistryError> {
+    let invalid = |message: String| RegistryError::Invalid {
+        path: path.to_string(),
+        message,
+    };
+    let file: RegistryFile = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+    let mut devices = HashMap::with_capacity(file.devices.len());
+    let mut warnings = Vec::new();
+    for (index, entry) in file.devices.into_iter().enumerate() {
+        let at = format!("devices[{index}] (eurid \"{}\")", entry.eurid);
+        let eurid = parse_id(&entry.eurid).ok_or_else(|| {
+            invalid(format!(
+                "{at}: eurid must be 8 hex digits such as \"04138bb4\""
+            ))
+        })?;
+        let eep = match &entry.eep {
+            None => None,
+            Some(text) => {
+                let normalized = normalize_eep(text).ok_or_else(|| {
+                    invalid(format!(
+                        "{at}: eep \"{text}\" is not an EEP; write it as RORG-FUNC-TYPE, e.g. \"a5-02-05\""
+                    ))
+                })?;
+                if eep::lookup(&normalized).is_none() {
+                    warnings.push(Warning(format!(
+                        "{path}: {at}: no built-in decoder for EEP {normalized}; its telegrams will give EEP_NOT_FOUND_ERROR events (see `sensorgate decode esp3 --list-eeps`)"
+                    )));
+                }
+                Some(normalized)
+            }
+        };
+        let security = match (&entry.key, &entry.slf, &entry.rlc) {
+            (None, None, None) => None,
+            (None, _, _) => {
+                return Err(invalid(format!(
+                    "{at}: slf or rlc without key; a secure device needs key = \"<32 hex digits>\""
+                )));
+            }
+            (Some(key), slf, rlc) => {
+                let bytes = hex::decode(key.trim())
+                    .ok()
+                    .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                    .ok_or_else(|| {
+                        // The key itself is never repeated in a message.
+                        invalid(format!("{at}: key must be 32 hex digits (AES-128)"))
+                    })?;
+                let slf = match slf {
+                    None => Slf(DEFAULT_SLF),
+                    Some(text) => Slf(hex_u32(text)
+                        .and_then(|v| u8::try_from(v).ok())
+                        .ok_or_else(|| {
+                            invalid(format!(
+                                "{at}: slf \"{text}\" must be one byte in hex, e.g. \"0x8b\""
+                            ))
+                        })?),
+                };
+                let rlc = match rlc {
+                    None => 0,
+                    Some(text) => hex_u32(text).ok_or_else(|| {
+                        invalid(format!(
+                            "{at}: rlc \"{text}\" must be hex (up to 8 digits), e.g. \"000000\""
+                        ))
+                    })?,
+                };
+                Some(Security {
+                    key: Key(bytes),
+                    slf,
+                    rlc,
+                })
+            }
+        };
+        let device = Device {
+            eurid,
+            id: id_hex(eurid),
+            eep,
+            friendly_id: entry.friendly_id,
+            location: entry.location,
+            custom_tag: entry.custom_tag,
+            security,
+            fields: entry.fields,
+        };
+        if devices.insert(eurid, Arc::new(device)).is_some() {
+            return Err(invalid(format!(
+                "{at}: eurid {} is listed twice; keep one entry per device",
+                id_hex(eurid)
+            )));
+        }
+    }
+    Ok((devices, warnings))
+}
+
+/// The security level format assumed when a secure device's entry names none: 24-bit implicit rolling
+/// code, 3-byte CMAC, VAES (PTM 21x and most secure sensors).
+pub const DEFAULT_SLF: u8 = 0x8B;
+
+/// A registry loaded from a file, shared by the stages that read it. Readers keep a snapshot
+/// ([`Registry::snapshot`]) and refresh it when [`Registry::generation`] changes.
+#[derive(Debug)]
+pub struct Registry {
+    path: Option<PathBuf>,
+    devices: RwLock<Arc<Devices>>,
+    generation: AtomicU64,
+    /// (modified time, length) of the file last loaded.
+    stamp: RwLock<Option<(SystemTime, u64)>>,
+}
+
+impl Registry {
+    /// A registry with no devices and no file.
+    pub fn empty() -> Arc<Registry> {
+        Arc::new(Registry {
+            path: None,
+            devices: RwLock::new(Arc::new(HashMap::new())),
+            generation: AtomicU64::new(0),
+            stamp: RwLock::new(None),
+        })
+    }
+
+    /// A registry holding `devices`, with no file behind it (tests, the CLI).
+    pub fn from_devices(devices: Devices) -> Arc<Registry> {
+        let registry = Registry::empty();
+        *registry.devices.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(devices);
+        registry
+    }
+
+    /// Loads the file; fails if it cannot be read or parsed. Warnings are logged.
+    pub fn open(path: &Path) -> Result<Arc<Registry>, RegistryError> {
+        let registry = Arc::new(Registry {
+            path: Some(path.to_path_buf()),
+            devices: RwLock::new(Arc::new(HashMap::new())),
+            generation: AtomicU64::new(0),
+            stamp: RwLock::new(None),
+        });
+        registry.reload()?;
+        Ok(registry)
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The current devices.
+    pub fn snapshot(&self) -> Arc<Devices> {
+        self.devices
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Changes every time the devices change.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
+        let meta = std::fs::metadata(path).ok()?;
+        Some((meta.modified().ok()?, meta.len()))
+    }
+
+    /// Reads the file again. On error the devices stay as they were.
+    pub fn reload(&self) -> Result<usize, RegistryError> {
+        let Some(path) = &self.path else {
+            return Ok(self.snapshot().len());
+        };
+        let shown = path.display().to_string();
+        let stamp = Self::file_stamp(path);
+        let text = std::fs::read_to_string(path).map_err(|error| RegistryError::Read {
+            path: shown.clone(),
+            error,
+        })?;
+        let (devices, warnings) = parse(&shown, &text)?;
+        for Warning(w) in &warnings {
+            tracing::warn!("{w}");
+        }
+        let count = devices.len();
+        *self.devices.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(devices);
+        *self.stamp.write().unwrap_or_else(|p| p.into_inner()) = stamp;
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(count)
+    }
+
+    /// Reloads if the file's modification time or length changed since the last load.
+    pub fn reload_if_changed(&self) {
+        let Some(path) = &self.path else { return };
+        let now = Self::file_stamp(path);
+        if now.is_none() || now == *self.stamp.read().unwrap_or_else(|p| p.into_inner()) {
+            return;
+        }
+        match self.reload() {
+            Ok(count) => {
+                tracing::info!(registry = %path.display(), devices = count, "device registry reloaded")
+            }
+            Err(e) => {
+                // Remember the bad version so the error is reported once, not every poll.
+                *self.stamp.write().unwrap_or_else(|p| p.into_inner()) = now;
+                crate::metrics::counter(
+                    "component_errors_total",
+                    &[("component", "registry"), ("error", "reload")],
+                )
+                .inc();
+                tracing::error!(error = %e, "device registry not reloaded; the previous version stays in use")
+            }
+        }
+    }
+
+    /// Watches the file from a background task (if a tokio runtime is running) until the registry is
+    /// dropped.
+    pub fn watch(self: &Arc<Self>, every: Duration) {
+        if self.path.is_none() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak: Weak<Registry> = Arc::downgrade(self);
+        runtime.spawn(async move {
+            let mut ticker = tokio::time::interval(every);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let Some(registry) = weak.upgrade() else {
+                    break;
+                };
+                // File reads are small; a blocking read here is shorter than a thread hop.
+                registry.reload_if_changed();
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+[[devices]]
+eurid = "04138bb4"
+eep = "D2-14-41"
+friendly_id = "Multisensor 1"
+location = "Cloud center"
+
+[[devices]]
+sourceEurid = "01020304"
+eep = "a50204"
+key = "456E4F6365616E20476D62482E313300"
+slf = "0x8b"
+rlc = "c0ffee"
+[devices.fields]
+room = "221"
+"#;
+
+    #[test]
+    fn a_registry_file_loads_with_normalised_eeps_and_keys() {
+        let (devices, warnings) = parse("devices.toml", FILE).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let multi = &devices[&0x04138bb4];
+        assert_eq!(multi.eep.as_deref(), Some("d2-14-41"));
+        assert_eq!(multi.id, "04138bb4");
+        let secure = &devices[&0x01020304];
+        let security = secure.security.as_ref().unwrap();
+        assert_eq!(security.rlc, 0xc0ffee);
+        assert_eq!(security.slf, Slf(0x8b));
+        assert_eq!(secure.fields["room"], "221");
+        assert!(
+            !format!("{secure:?}").contains("456E"),
+            "the key never prints"
+        );
+    }
+
+    #[test]
+    fn bad_entries_name_the_device_and_the_fix() {
+        let bad_key = "[[devices]]\neurid = \"01020304\"\nkey = \"1234\"\n";
+        let e = parse("d.toml", bad_key).unwrap_err().to_string();
+        assert!(
+            e.contains("devices[0]") && e.contains("32 hex digits"),
+            "{e}"
+        );
+        assert!(!e.contains("1234"), "the key is not echoed: {e}");
+        let twice = "[[devices]]\neurid = \"01020304\"\n[[devices]]\neurid = \"01020304\"\n";
+        assert!(
+            parse("d.toml", twice)
+                .unwrap_err()
+                .to_string()
+                .contains("twice")
+        );
+        let typo = "[[devices]]\neurid = \"01020304\"\nfriendly = \"x\"\n";
+        let e = parse("d.toml", typo).unwrap_err().to_string();
+        assert!(e.contains("line 3") && e.contains("friendly"), "{e}");
+        let eep = "[[devices]]\neurid = \"01020304\"\neep = \"a5-02\"\n";
+        assert!(
+            parse("d.toml", eep)
+                .unwrap_err()
+                .to_string()
+                .contains("RORG-FUNC-TYPE")
+        );
+    }
+
+    #[test]
+    fn a_changed_file_is_reloaded_and_a_broken_one_keeps_the_last_good_devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("devices.toml");
+        std::fs::write(&path, "[[devices]]\neurid = \"01020304\"\n").unwrap();
+        let registry = Registry::open(&path).unwrap();
+        let generation = registry.generation();
+        assert_eq!(registry.snapshot().len(), 1);
+        std::fs::write(
+            &path,
+            "[[devices]]\neurid = \"01020304\"\n[[devices]]\neurid = \"01020305\"\n",
+        )
+        .unwrap();
+        registry.reload_if_changed();
+        assert_eq!(registry.snapshot().len(), 2);
+        assert!(registry.generation() > generation);
+        std::fs::write(&path, "[[devices]]\neurid = \"nope and longer\"\n").unwrap();
+        registry.reload_if_changed();
+        assert_eq!(registry.snapshot().len(), 2, "last good version kept");
+    }
+}
