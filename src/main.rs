@@ -66,6 +66,34 @@ enum DecodeCommand {
         /// The frame as hex (spaces allowed).
         hex: String,
     },
+    /// EnOcean ESP3 frames (one or more, back to back) as the IoT Connector's JSON documents.
+    Esp3(Esp3DecodeArgs),
+}
+
+#[derive(clap::Args)]
+struct Esp3DecodeArgs {
+    /// Decode every sender with this EEP (e.g. a5-02-05); without it and without --registry the data
+    /// is shown raw.
+    #[arg(long)]
+    eep: Option<String>,
+    /// AES-128 key (32 hex digits) for secure telegrams.
+    #[arg(long)]
+    key: Option<String>,
+    /// Security level format of the secure device.
+    #[arg(long, default_value = "0x8b")]
+    slf: String,
+    /// Rolling code to expect (hex), for secure telegrams with an implicit rolling code.
+    #[arg(long, default_value = "0")]
+    rlc: String,
+    /// Take devices (EEPs, keys) from this registry file.
+    #[arg(long)]
+    registry: Option<PathBuf>,
+    /// List every built-in EEP, one per line with its title, and exit.
+    #[arg(long)]
+    list_eeps: bool,
+    /// The frames as hex (spaces allowed).
+    #[arg(required_unless_present = "list_eeps")]
+    hex: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -91,10 +119,41 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Decode {
+            codec: DecodeCommand::Esp3(args),
+        } => decode_esp3(args),
         Command::Run { config } => run_async(run(config)),
         Command::Loadgen {
             kind: LoadgenCommand::Coap(args),
         } => run_async(sensorgate::loadgen::run_coap(args)),
+    }
+}
+
+fn decode_esp3(args: Esp3DecodeArgs) -> ExitCode {
+    use sensorgate::codecs::enocean::eep;
+    if args.list_eeps {
+        for profile in eep::profiles() {
+            println!("{}\t{}", profile.id, profile.title);
+        }
+        return ExitCode::SUCCESS;
+    }
+    let result = sensorgate::cli::decode_esp3(
+        args.hex.as_deref().unwrap_or_default(),
+        args.registry.as_deref(),
+        args.eep.as_deref(),
+        args.key.as_deref(),
+        &args.slf,
+        &args.rlc,
+    );
+    match result {
+        Ok(docs) => {
+            println!("{}", serde_json::to_string_pretty(&docs).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -34,6 +34,8 @@ pub enum Kind {
     Signal,
     /// Something that happened (teach-in, security errors, ...).
     Event,
+    /// Periodic counters of a device or gateway.
+    Stats,
     /// A rejected record on its way to a dead-letter sink; the body is the dead-letter envelope.
     DeadLetter,
 }
@@ -48,6 +50,7 @@ impl Kind {
             Kind::Telemetry => "telemetry",
             Kind::Signal => "signal",
             Kind::Event => "event",
+            Kind::Stats => "stats",
             Kind::DeadLetter => "dead_letter",
         }
     }

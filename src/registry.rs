@@ -118,7 +118,8 @@ pub fn normalize_eep(text: &str) -> Option<String> {
     ))
 }
 
-fn hex_u32(text: &str) -> Option<u32> {
+/// A number in hex, with or without `0x`, up to 32 bits.
+pub(crate) fn hex_u32(text: &str) -> Option<u32> {
     let t = text
         .trim()
         .trim_start_matches("0x")

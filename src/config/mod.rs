@@ -762,9 +762,13 @@ impl<'a> Loader<'a> {
         let what = format!("{flow}: stage");
         let (kind, _) = self.take_type(&what, span.clone(), &mut table, STAGE_TYPES)?;
         match kind.as_str() {
-            "decode" => self
-                .deserialize(&format!("{what} `decode`"), table)
-                .map(StageConfig::Decode),
+            "decode" => {
+                let config: DecodeConfig = self.deserialize(&format!("{what} `decode`"), table)?;
+                for problem in config.problems() {
+                    self.error(span.clone(), format!("{what} `decode`: {problem}"), None);
+                }
+                Some(StageConfig::Decode(config))
+            }
             "dedupe" => {
                 let config: DedupeConfig = self.deserialize(&format!("{what} `dedupe`"), table)?;
                 for problem in config.problems() {

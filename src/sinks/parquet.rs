@@ -427,11 +427,25 @@ fn readings(record: &Record) -> Readings<'_> {
             entries,
             key_field: "key",
         }
+    } else if let Some(entries) = telemetry_entries(record) {
+        Readings::Entries {
+            entries,
+            key_field: "key",
+        }
     } else if record.kind == Kind::Measurements {
         Readings::Typed(&[]) // a measurements frame without rows: nothing to write
     } else {
         Readings::Whole
     }
+}
+
+/// The EnOcean IoT Connector's `telemetry.data` (or, for a signal telegram, `telemetry.signal`) list.
+fn telemetry_entries(record: &Record) -> Option<&[Value]> {
+    let telemetry = record.body.get("telemetry")?;
+    ["data", "signal"].iter().find_map(|list| match telemetry.get(list) {
+        Some(Value::Array(entries)) if !entries.is_empty() => Some(entries.as_slice()),
+        _ => None,
+    })
 }
 
 /// One reading, borrowing from its record.

@@ -1,21 +1,77 @@
 //! The decode stage: runs a codec over a record's raw bytes and fills `device`, `kind` and `body`.
 //! A frame the codec refuses becomes a dead-letter record carrying the codec's error and the raw bytes.
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
 use super::Stage;
 use crate::codecs::efento;
+use crate::codecs::enocean::engine::{self, Engine, EngineOptions};
+use crate::config::HumanDuration;
 use crate::metrics::{self, Counter};
-use crate::record::Record;
+use crate::record::{Kind, Record};
+use crate::registry::Registry;
 
-/// `{ type = "decode", codec = "efento" }`
+/// `{ type = "decode", codec = "efento" }` or
+/// `{ type = "decode", codec = "esp3", registry = "devices.toml", stats_interval = "10m" }`
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DecodeConfig {
     /// Which codec reads the frames.
     pub codec: Codec,
+    /// esp3: the device registry file (see `devices.toml`). Telegrams from devices not in it are
+    /// reported as `UNKNOWN_DEVICE` events, not decoded. Reloaded when the file changes.
+    #[serde(default)]
+    pub registry: Option<PathBuf>,
+    /// esp3: how often per-device and per-gateway statistics records are emitted; "0s" never.
+    #[serde(default = "default_stats_interval")]
+    pub stats_interval: HumanDuration,
+    /// esp3: how long the parts of a chained telegram are waited for.
+    #[serde(default = "default_chain_timeout")]
+    pub chain_timeout: HumanDuration,
+    /// esp3: how far ahead of the expected rolling code a secure telegram may be.
+    #[serde(default = "default_rlc_window")]
+    pub rlc_window: u32,
+}
+
+fn default_stats_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(600))
+}
+
+fn default_chain_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(3))
+}
+
+fn default_rlc_window() -> u32 {
+    crate::codecs::enocean::secure::DEFAULT_WINDOW
+}
+
+impl DecodeConfig {
+    /// Semantic problems, for `sensorgate validate`.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        match self.codec {
+            Codec::Efento => {
+                if self.registry.is_some() {
+                    out.push("registry is read by codec \"esp3\" only; remove it here".into());
+                }
+            }
+            Codec::Esp3 => match &self.registry {
+                None => out.push(
+                    "codec \"esp3\" needs registry = \"devices.toml\": without one every telegram is from an unknown device".into(),
+                ),
+                Some(path) => {
+                    if let Err(e) = Registry::open(path) {
+                        out.push(format!("registry: {e}"));
+                    }
+                }
+            },
+        }
+        out
+    }
 }
 
 /// The built-in codecs.
@@ -25,6 +81,10 @@ pub enum Codec {
     /// Efento NB-IoT protobuf frames; the message type comes from the CoAP route
     /// (`measurements`, `device_info`, `configuration`) or the path (`m`, `i`, `c`).
     Efento,
+    /// EnOcean ESP3 frames from gateways (the `esp3_websocket` source): radio telegrams decoded
+    /// with the device registry's EEPs, plus events and statistics, in the EnOcean IoT Connector's JSON.
+    #[serde(alias = "enocean")]
+    Esp3,
 }
 
 pub struct DecodeStage {
@@ -32,13 +92,52 @@ pub struct DecodeStage {
     codec: Codec,
     decoded: Counter,
     rejected: Counter,
+    enocean: Option<EnoceanState>,
+}
+
+/// The esp3 codec's state: the engine and when statistics are next due.
+struct EnoceanState {
+    engine: Engine,
+    stats_interval: Option<Duration>,
+    next_stats: Option<Instant>,
+    next_chain_check: Option<Instant>,
+    outputs: Vec<engine::Output>,
 }
 
 impl DecodeStage {
     pub fn new(flow: &str, config: &DecodeConfig) -> Self {
         let codec = match config.codec {
             Codec::Efento => "efento",
+            Codec::Esp3 => "esp3",
         };
+        let enocean = (config.codec == Codec::Esp3).then(|| {
+            let registry = match &config.registry {
+                Some(path) => match Registry::open(path) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // `validate` reports this before a run; here the flow still runs, every
+                        // sender unknown, until the file is fixed and reloaded.
+                        tracing::error!(flow, error = %e, "device registry not loaded; every telegram counts as from an unknown device until it is fixed");
+                        Registry::empty()
+                    }
+                },
+                None => Registry::empty(),
+            };
+            registry.watch(Duration::from_secs(1));
+            let options = EngineOptions {
+                chain_timeout: config.chain_timeout.get(),
+                rlc_window: config.rlc_window,
+                ..EngineOptions::default()
+            };
+            let stats_interval = Some(config.stats_interval.get()).filter(|d| !d.is_zero());
+            EnoceanState {
+                engine: Engine::new(registry, options),
+                stats_interval,
+                next_stats: stats_interval.map(|d| Instant::now() + d),
+                next_chain_check: None,
+                outputs: Vec::new(),
+            }
+        });
         DecodeStage {
             flow: flow.into(),
             codec: config.codec,
@@ -51,6 +150,55 @@ impl DecodeStage {
                     ("error", "decode"),
                 ],
             ),
+            enocean,
+        }
+    }
+
+    /// Runs the EnOcean engine over one frame. Records that are not raw frames (a gateway's health
+    /// report, already a document) pass unchanged.
+    fn process_esp3(&mut self, record: Record, out: &mut Vec<Record>) {
+        let Some(state) = self.enocean.as_mut() else {
+            out.push(record);
+            return;
+        };
+        if record.kind != Kind::Raw {
+            out.push(record);
+            return;
+        }
+        let others = record
+            .origin
+            .receptions
+            .iter()
+            .map(|r| (r.gateway.as_deref(), r.rssi))
+            .collect();
+        let reception = engine::Reception {
+            gateway: record.origin.gateway.as_deref(),
+            others,
+            route: record.origin.route.as_deref(),
+        };
+        let now = Instant::now();
+        let result = state.engine.decode(
+            &record.raw,
+            &reception,
+            record.received_at,
+            now,
+            &mut state.outputs,
+        );
+        if state.engine.next_deadline(now).is_some() && state.next_chain_check.is_none() {
+            state.next_chain_check = state.engine.next_deadline(now);
+        }
+        match result {
+            Ok(()) => {
+                self.decoded.inc();
+                emit(&mut state.outputs, record, out);
+            }
+            Err(reason) => {
+                self.rejected.inc();
+                state.outputs.clear();
+                let reason = reason.to_string();
+                tracing::debug!(flow = %self.flow, source = %record.source, %reason, "frame rejected by decode");
+                out.push(record.into_dead_letter(&self.flow, "decode", &reason));
+            }
         }
     }
 
@@ -82,14 +230,11 @@ impl DecodeStage {
     }
 }
 
-impl Stage for DecodeStage {
-    fn name(&self) -> &'static str {
-        "decode"
-    }
-
-    fn process(&mut self, mut record: Record, out: &mut Vec<Record>) {
+impl DecodeStage {
+    fn process_record(&mut self, mut record: Record, out: &mut Vec<Record>) {
         let result = match self.codec {
             Codec::Efento => self.decode_efento(&mut record),
+            Codec::Esp3 => return self.process_esp3(record, out),
         };
         match result {
             Ok(()) => {
@@ -101,6 +246,79 @@ impl Stage for DecodeStage {
                 tracing::debug!(flow = %self.flow, source = %record.source, %reason, "frame rejected by decode");
                 out.push(record.into_dead_letter(&self.flow, "decode", &reason));
             }
+        }
+    }
+}
+
+/// Turns the engine's documents for one frame into records. The frame's record carries the first
+/// document and its delivery token; further documents (an event next to the telemetry) are copies
+/// sharing that token. A frame that gives nothing (a chained part waiting for the rest) settles as
+/// delivered: its bytes live on in the whole telegram, or in the `CHAIN_INCOMPLETE` event.
+fn emit(outputs: &mut Vec<engine::Output>, record: Record, out: &mut Vec<Record>) {
+    let Some(last) = outputs.pop() else {
+        record.delivery.delivered();
+        return;
+    };
+    for output in outputs.drain(..) {
+        out.push(with_output(record.clone(), output));
+    }
+    out.push(with_output(record, last));
+}
+
+fn with_output(mut record: Record, output: engine::Output) -> Record {
+    if let Some(device) = &output.device {
+        record.delivery.set_device(device);
+    }
+    record.device = output.device;
+    record.kind = output.kind;
+    record.body = output.body;
+    record
+}
+
+impl Stage for DecodeStage {
+    fn name(&self) -> &'static str {
+        "decode"
+    }
+
+    fn process(&mut self, record: Record, out: &mut Vec<Record>) {
+        self.process_record(record, out)
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let state = self.enocean.as_ref()?;
+        match (state.next_stats, state.next_chain_check) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn on_timer(&mut self, now: Instant, flush: bool, out: &mut Vec<Record>) {
+        let Some(state) = self.enocean.as_mut() else {
+            return;
+        };
+        let at = SystemTime::now();
+        let mut outputs = Vec::new();
+        if state.next_chain_check.is_some_and(|d| d <= now) || flush {
+            state.engine.expire_chains(now, at, &mut outputs);
+            state.next_chain_check = state.engine.next_deadline(now);
+        }
+        if state.next_stats.is_some_and(|d| d <= now) {
+            state.engine.stats_records(at, &mut outputs);
+            state.next_stats = state.stats_interval.map(|d| now + d);
+        }
+        for output in outputs {
+            let origin = crate::record::Origin {
+                gateway: output.gateway.as_deref().map(Arc::from),
+                route: Some(Arc::from(output.kind.as_str())),
+                ..Default::default()
+            };
+            let record = Record::new(
+                self.flow.clone(),
+                origin,
+                bytes::Bytes::new(),
+                crate::record::Delivery::detached(),
+            );
+            out.push(with_output(record, output));
         }
     }
 }
