@@ -384,7 +384,7 @@ impl Engine {
             }
         }
 
-        let mut secure_info = None;
+        let mut secure_info: Option<SecureInfo> = None;
         match telegram.rorg {
             0x30 | 0x31 => {
                 let Some(security) = device.security.as_ref() else {
@@ -474,9 +474,8 @@ impl Engine {
         }
 
         if let Some(teach_in) = teach::detect(telegram.rorg, &telegram.payload) {
-            let counts = self.count_device(sender, unix as u64, true);
-            let _ = counts;
-            out.push(self.event(
+            self.count_device(sender, unix as u64, true);
+            let mut event = self.event(
                 Some(&device),
                 sender,
                 Category::Health,
@@ -485,7 +484,11 @@ impl Engine {
                 &teach_in.data_points(),
                 unix,
                 Some(&telegram),
-            ));
+            );
+            if let (Some(info), Some(Value::Object(raw))) = (secure_info, event.body.get_mut("raw")) {
+                add_secure_info(raw, info);
+            }
+            out.push(event);
             return Ok(true);
         }
 
@@ -565,12 +568,8 @@ impl Engine {
             map.insert("egressTime".into(), Value::String(format!("{unix:.6}")));
         }
         let mut raw = raw_json(&telegram, unix, reception);
-        if let Some((secure_rorg, rlc, slf)) = secure_info
-            && let Some(raw) = raw.as_object_mut()
-        {
-            raw.insert("secureRorg".into(), Value::String(format!("{secure_rorg:02x}")));
-            raw.insert("rlc".into(), Value::String(format!("{rlc:06x}")));
-            raw.insert("slf".into(), Value::String(format!("{:#04x}", slf.0)));
+        if let (Some(info), Some(raw)) = (secure_info, raw.as_object_mut()) {
+            add_secure_info(raw, info);
         }
         let mut body = Map::new();
         body.insert("sensor".into(), sensor_json(Some(&device), sender));
@@ -633,6 +632,7 @@ impl Engine {
                     "sender": id_hex(t.sender),
                     "status": format!("{:02x}", t.status),
                     "rssi": t.dbm,
+                    "rorg": format!("{:02x}", t.rorg),
                 }),
             );
         }
@@ -667,7 +667,9 @@ impl Engine {
                     expired.seq,
                     id_hex(expired.sender),
                     expired.received,
-                    expired.expected
+                    expired
+                        .expected
+                        .map_or_else(|| "?".to_string(), |n| n.to_string())
                 ),
                 &[],
                 unix,
@@ -713,6 +715,15 @@ impl Engine {
             });
         }
     }
+}
+
+/// What a secure telegram was: its RORG before decryption, its rolling code, its security level format.
+type SecureInfo = (u8, u32, secure::Slf);
+
+fn add_secure_info(raw: &mut Map<String, Value>, (secure_rorg, rlc, slf): SecureInfo) {
+    raw.insert("secureRorg".into(), Value::String(format!("{secure_rorg:02x}")));
+    raw.insert("rlc".into(), Value::String(format!("{rlc:06x}")));
+    raw.insert("slf".into(), Value::String(format!("{:#04x}", slf.0)));
 }
 
 fn raw_json(t: &Telegram, unix: f64, reception: &Reception<'_>) -> Value {
