@@ -24,9 +24,18 @@ use sensorgate::registry::{Device, Registry};
 
 /// (frame, EEP) from the shared vectors 01, 02, 07, 03, 15.
 const FRAMES: &[(&str, &str)] = &[
-    ("55000f07012bd29fce800863b502a62004138bb48000ffffffff4d0025", "d2-14-41"),
-    ("55000a0701eba500005008051b03c90100ffffffff500090", "a5-09-09"),
-    ("55000a0701eba5007d8c0a0180a1b30001ffffffff50004d", "a5-04-01"),
+    (
+        "55000f07012bd29fce800863b502a62004138bb48000ffffffff4d0025",
+        "d2-14-41",
+    ),
+    (
+        "55000a0701eba500005008051b03c90100ffffffff500090",
+        "a5-09-09",
+    ),
+    (
+        "55000a0701eba5007d8c0a0180a1b30001ffffffff50004d",
+        "a5-04-01",
+    ),
     ("55000707017af600feee14ab2000ffffffff4700ad", "f6-02-01"),
     ("55000707017ad5090180a1bb0001ffffffff440061", "d5-00-01"),
 ];
@@ -52,8 +61,14 @@ fn bench(c: &mut Criterion) {
                 let (packet, _) = esp3::parse_packet(black_box(frame)).expect("frame");
                 let telegram = Telegram::from_packet(&packet).expect("telegram");
                 points.clear();
-                eep::decode(profile, telegram.rorg, &telegram.payload, telegram.status, &mut points)
-                    .expect("decodes");
+                eep::decode(
+                    profile,
+                    telegram.rorg,
+                    &telegram.payload,
+                    telegram.status,
+                    &mut points,
+                )
+                .expect("decodes");
                 black_box(&points);
             }
         })
@@ -86,7 +101,13 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             for (frame, _) in &frames {
                 engine
-                    .decode(black_box(frame), &reception, SystemTime::now(), Instant::now(), &mut out)
+                    .decode(
+                        black_box(frame),
+                        &reception,
+                        SystemTime::now(),
+                        Instant::now(),
+                        &mut out,
+                    )
                     .expect("decodes");
                 out.clear();
             }

@@ -38,7 +38,8 @@ pub fn decode_esp3(
             let slf = registry::hex_u32(slf)
                 .and_then(|v| u8::try_from(v).ok())
                 .ok_or_else(|| format!("--slf {slf}: one byte in hex, e.g. 0x8b"))?;
-            let rlc = registry::hex_u32(rlc).ok_or_else(|| format!("--rlc {rlc}: hex, e.g. c0ffee"))?;
+            let rlc =
+                registry::hex_u32(rlc).ok_or_else(|| format!("--rlc {rlc}: hex, e.g. c0ffee"))?;
             Some(Security {
                 key: Key(bytes),
                 slf: Slf(slf),
@@ -47,8 +48,8 @@ pub fn decode_esp3(
         }
         None => None,
     };
-    let default_device = (eep.is_some() || security.is_some() || registry_file.is_none()).then(|| {
-        Device {
+    let default_device =
+        (eep.is_some() || security.is_some() || registry_file.is_none()).then(|| Device {
             eurid: 0,
             id: String::new(),
             eep,
@@ -57,8 +58,7 @@ pub fn decode_esp3(
             custom_tag: String::new(),
             security,
             fields: Default::default(),
-        }
-    });
+        });
     let outputs = engine::decode_hex(hex, registry, default_device)?;
     let mut docs: Vec<Value> = outputs.into_iter().map(|o| Value::Object(o.body)).collect();
     match docs.len() {

@@ -147,7 +147,10 @@ fn decode_esp3(args: Esp3DecodeArgs) -> ExitCode {
     );
     match result {
         Ok(docs) => {
-            println!("{}", serde_json::to_string_pretty(&docs).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&docs).unwrap_or_default()
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {

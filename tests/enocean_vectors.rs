@@ -6,11 +6,11 @@ mod common;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde_json::Value;
 use sensorgate::codecs::enocean::engine;
 use sensorgate::codecs::enocean::secure::{Key, Slf};
 use sensorgate::record::Kind;
 use sensorgate::registry::{Device, Registry, Security};
+use serde_json::Value;
 
 fn vectors() -> Vec<(String, Value)> {
     let dir = common::vectors_dir("enocean");
@@ -24,7 +24,11 @@ fn vectors() -> Vec<(String, Value)> {
         })
         .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
-    assert!(out.len() >= 21, "expected every shared EnOcean vector, found {}", out.len());
+    assert!(
+        out.len() >= 21,
+        "expected every shared EnOcean vector, found {}",
+        out.len()
+    );
     out
 }
 
@@ -53,7 +57,10 @@ fn registry_for(v: &Value) -> Arc<Registry> {
     } else if let Some(sender) = v["sender"].as_str() {
         let security = v.get("security").map(|s| Security {
             key: Key::from_hex(s["key"].as_str().unwrap()).unwrap(),
-            slf: Slf(u8::from_str_radix(s["slf"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap()),
+            slf: Slf(
+                u8::from_str_radix(s["slf"].as_str().unwrap().trim_start_matches("0x"), 16)
+                    .unwrap(),
+            ),
             rlc: u32::from_str_radix(s["rlc"].as_str().unwrap(), 16).unwrap(),
         });
         let d = device(sender, v["eep"].as_str(), security);
@@ -99,7 +106,9 @@ fn every_shared_enocean_vector_decodes_as_expected() {
         if let Some(n) = v["expected_packet_count"].as_u64() {
             assert_eq!(outputs.len() as u64, n, "{name}");
         }
-        let last = outputs.last().unwrap_or_else(|| panic!("{name}: no document"));
+        let last = outputs
+            .last()
+            .unwrap_or_else(|| panic!("{name}: no document"));
         assert_eq!(data_of(last), expected["data"], "{name}");
         let raw = &last.body["raw"];
         assert_eq!(raw["rorg"], expected["rorg"], "{name}");
@@ -139,13 +148,21 @@ fn the_cli_prints_documents_and_one_line_errors() {
         ])
         .output()
         .unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     let doc: Value = serde_json::from_slice(&ok.stdout).unwrap();
     assert_eq!(doc["telemetry"]["data"][0]["value"], 627.45);
     assert_eq!(doc["raw"]["sender"], "051b03c9");
 
     let bad = std::process::Command::new(bin)
-        .args(["decode", "esp3", "55000a0701eba5000080080180a1b20001ffffffff4500ae"])
+        .args([
+            "decode",
+            "esp3",
+            "55000a0701eba5000080080180a1b20001ffffffff4500ae",
+        ])
         .output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(1));
@@ -165,7 +182,11 @@ fn the_cli_prints_documents_and_one_line_errors() {
         ])
         .output()
         .unwrap();
-    assert!(secure.status.success(), "{}", String::from_utf8_lossy(&secure.stderr));
+    assert!(
+        secure.status.success(),
+        "{}",
+        String::from_utf8_lossy(&secure.stderr)
+    );
     let doc: Value = serde_json::from_slice(&secure.stdout).unwrap();
     assert_eq!(doc["raw"]["rlc"], "c0ffee");
 

@@ -442,10 +442,12 @@ fn readings(record: &Record) -> Readings<'_> {
 /// The EnOcean IoT Connector's `telemetry.data` (or, for a signal telegram, `telemetry.signal`) list.
 fn telemetry_entries(record: &Record) -> Option<&[Value]> {
     let telemetry = record.body.get("telemetry")?;
-    ["data", "signal"].iter().find_map(|list| match telemetry.get(list) {
-        Some(Value::Array(entries)) if !entries.is_empty() => Some(entries.as_slice()),
-        _ => None,
-    })
+    ["data", "signal"]
+        .iter()
+        .find_map(|list| match telemetry.get(list) {
+            Some(Value::Array(entries)) if !entries.is_empty() => Some(entries.as_slice()),
+            _ => None,
+        })
 }
 
 /// One reading, borrowing from its record.

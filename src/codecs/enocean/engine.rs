@@ -84,10 +84,7 @@ pub enum FrameRejected {
     #[error("{0}")]
     Telegram(#[from] super::telegram::TelegramError),
     #[error("ESP3 packet type {packet_type:#04x} ({name}) carries no radio telegram")]
-    NotRadio {
-        packet_type: u8,
-        name: &'static str,
-    },
+    NotRadio { packet_type: u8, name: &'static str },
     #[error("{0}")]
     Skipped(String),
     #[error("chained telegram: {0}")]
@@ -200,11 +197,8 @@ impl Engine {
             self.devices = self.registry.snapshot();
             self.profiles.clear();
             // A key or rolling code changed in the file starts over from the file's value.
-            self.rlc.retain(|id, _| {
-                self.devices
-                    .get(id)
-                    .is_some_and(|d| d.security.is_some())
-            });
+            self.rlc
+                .retain(|id, _| self.devices.get(id).is_some_and(|d| d.security.is_some()));
         }
     }
 
@@ -239,7 +233,10 @@ impl Engine {
 
     fn count_gateways(&mut self, reception: &Reception<'_>, now: u64, processed: bool) {
         let first = reception.gateway.map(|g| (g, false));
-        let others = reception.others.iter().filter_map(|(g, _)| g.map(|g| (g, true)));
+        let others = reception
+            .others
+            .iter()
+            .filter_map(|(g, _)| g.map(|g| (g, true)));
         for (gateway, duplicate) in first.into_iter().chain(others) {
             let counts = self.gateway_stats.entry(gateway.to_string()).or_default();
             counts.total += 1;
@@ -404,9 +401,10 @@ impl Engine {
                     ));
                     return Ok(false);
                 };
-                let state = self.rlc.entry(sender).or_insert(RlcState {
-                    next: security.rlc,
-                });
+                let state = self
+                    .rlc
+                    .entry(sender)
+                    .or_insert(RlcState { next: security.rlc });
                 match secure::decrypt(
                     telegram.rorg,
                     &telegram.payload,
@@ -446,7 +444,10 @@ impl Engine {
                     sender,
                     Category::Security,
                     "SECURE_TEACH_IN",
-                    format!("Secure teach-in telegram from device with id={}.", device.id),
+                    format!(
+                        "Secure teach-in telegram from device with id={}.",
+                        device.id
+                    ),
                     &[],
                     unix,
                     Some(&telegram),
@@ -485,7 +486,8 @@ impl Engine {
                 unix,
                 Some(&telegram),
             );
-            if let (Some(info), Some(Value::Object(raw))) = (secure_info, event.body.get_mut("raw")) {
+            if let (Some(info), Some(Value::Object(raw))) = (secure_info, event.body.get_mut("raw"))
+            {
                 add_secure_info(raw, info);
             }
             out.push(event);
@@ -721,7 +723,10 @@ impl Engine {
 type SecureInfo = (u8, u32, secure::Slf);
 
 fn add_secure_info(raw: &mut Map<String, Value>, (secure_rorg, rlc, slf): SecureInfo) {
-    raw.insert("secureRorg".into(), Value::String(format!("{secure_rorg:02x}")));
+    raw.insert(
+        "secureRorg".into(),
+        Value::String(format!("{secure_rorg:02x}")),
+    );
     raw.insert("rlc".into(), Value::String(format!("{rlc:06x}")));
     raw.insert("slf".into(), Value::String(format!("{:#04x}", slf.0)));
 }
@@ -763,16 +768,23 @@ const INFORMATIONAL_EVENTS: &[&str] = &["FIRST_TIME_SEND", "TEACH_IN", "SECURE_T
 
 /// The first failure event among `outputs`, as `CODE: message`.
 pub fn first_error(outputs: &[Output]) -> Option<String> {
-    outputs.iter().filter(|o| o.kind == Kind::Event).find_map(|o| {
-        let events = o.body.get("meta")?.get("events")?.as_object()?;
-        events.values().filter_map(Value::as_array).flatten().find_map(|e| {
-            let code = e.get("code")?.as_str()?;
-            (!INFORMATIONAL_EVENTS.contains(&code)).then(|| {
-                let message = e.get("message").and_then(Value::as_str).unwrap_or("");
-                format!("{code}: {message}")
-            })
+    outputs
+        .iter()
+        .filter(|o| o.kind == Kind::Event)
+        .find_map(|o| {
+            let events = o.body.get("meta")?.get("events")?.as_object()?;
+            events
+                .values()
+                .filter_map(Value::as_array)
+                .flatten()
+                .find_map(|e| {
+                    let code = e.get("code")?.as_str()?;
+                    (!INFORMATIONAL_EVENTS.contains(&code)).then(|| {
+                        let message = e.get("message").and_then(Value::as_str).unwrap_or("");
+                        format!("{code}: {message}")
+                    })
+                })
         })
-    })
 }
 
 /// Decodes ESP3 bytes given as hex (one or more frames, back to back; leading garbage is skipped the
@@ -823,7 +835,13 @@ pub fn decode_hex(
     let now = Instant::now();
     for frame in &frames {
         engine
-            .decode(frame, &Reception::default(), SystemTime::now(), now, &mut out)
+            .decode(
+                frame,
+                &Reception::default(),
+                SystemTime::now(),
+                now,
+                &mut out,
+            )
             .map_err(|e| e.to_string())?;
     }
     if let Some(error) = first_error(&out) {
