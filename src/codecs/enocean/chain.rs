@@ -15,6 +15,8 @@
 //! Memory is bounded: at most `max_pending` partial messages (the oldest is evicted to make room),
 //! each at most 64 parts (IDX has 6 bits).
 
+#![warn(missing_docs)]
+
 use super::telegram::{Telegram, rorg};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -27,16 +29,31 @@ pub fn is_chained(rorg: u8) -> bool {
 /// Why a part could not be used (fact sheet §2, Chaining).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChainError {
+    /// The part's RORG is not a chained one.
     #[error("not_chained: RORG {rorg:#04x} is not CDM (0x40) or SEC_CDM (0x33)")]
-    NotChained { rorg: u8 },
+    NotChained {
+        /// The part's RORG.
+        rorg: u8,
+    },
+    /// The part ends inside the SEQ/IDX byte or the first-part header.
     #[error("too_short: a chained part needs {needed} payload bytes, it has {available}")]
-    TooShort { needed: usize, available: usize },
+    TooShort {
+        /// Bytes the header needs.
+        needed: usize,
+        /// Bytes the part has.
+        available: usize,
+    },
+    /// LEN is 0.
     #[error("empty_message: the first chained part announces a message length of 0")]
     EmptyMessage,
+    /// The inner RORG is CDM, SEC_CDM or ADT.
     #[error(
         "nested_chain: the first chained part announces inner RORG {inner_rorg:#04x}, which cannot be chained or encapsulated again"
     )]
-    NestedChain { inner_rorg: u8 },
+    NestedChain {
+        /// The announced inner RORG.
+        inner_rorg: u8,
+    },
 }
 
 impl ChainError {
@@ -67,6 +84,7 @@ pub enum ChainOutcome {
 /// A partial message dropped by [`Assembler::expire`] because its parts did not all arrive in time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expired {
+    /// Sender ID of the parts.
     pub sender: u32,
     /// SEQ (bits 7..6 of the SEQ/IDX byte).
     pub seq: u8,

@@ -7,27 +7,39 @@
 //! layout the fact sheet does not give (0x0B, 0x0C, 0x11) and unknown MIDs report their bytes as
 //! `data` (hex).
 
+#![warn(missing_docs)]
+
 use super::{DataPoint, Value};
 use std::borrow::Cow;
 
 /// Why a signal telegram could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignalError {
+    /// No MID byte.
     #[error("empty: a signal telegram needs at least the MID byte")]
     Empty,
+    /// The data length does not match the MID's layout (fact sheet §4 table).
     #[error(
         "wrong_length: signal MID {mid:#04x} carries {expected} data bytes, this one has {found}"
     )]
     WrongLength {
+        /// The MID.
         mid: u8,
+        /// Data bytes the MID carries.
         expected: usize,
+        /// Data bytes present.
         found: usize,
     },
+    /// A value outside the range the fact sheet gives.
     #[error("out_of_range: signal MID {mid:#04x} value {value} is outside {min}..={max}")]
     OutOfRange {
+        /// The MID.
         mid: u8,
+        /// The raw value.
         value: u8,
+        /// Lowest valid value.
         min: u8,
+        /// Highest valid value.
         max: u8,
     },
 }

@@ -1,6 +1,8 @@
 //! Teach-in telegrams, fact sheet §2 "Teach-in": 4BS (A5) variations 1-3, 1BS (D5) and UTE (D4).
 //! Detected here, reported by the engine as events; RPS has no teach-in telegram.
 
+#![warn(missing_docs)]
+
 use super::{DataPoint, Value};
 use std::borrow::Cow;
 

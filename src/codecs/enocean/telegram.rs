@@ -8,6 +8,8 @@
 //! One borrowed parse ([`RadioView`]) serves both the owned [`Telegram`] and the allocation-free
 //! [`content_key`], so the key can never disagree with what the decoder reads.
 
+#![warn(missing_docs)]
+
 use super::esp3::{Packet, packet_type};
 
 /// RORG values this module and its neighbours name (fact sheet §2, RORG table).
@@ -78,21 +80,51 @@ pub struct Telegram {
     pub chained: bool,
 }
 
-/// Why an ESP3 packet gives no telegram.
+/// What a radio packet uses that this reader does not handle (fact sheet §1 ERP2 tables, §2 ADT).
+/// Carries no heap data, so [`content_key`] stays allocation-free on bad input too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unsupported {
+    /// ERP2 address control 011: 48-bit originator IDs do not fit the 32-bit sender.
+    #[error("ERP2 address control 011 (48-bit originator ID)")]
+    Erp2Originator48Bit,
+    /// ERP2 address control 100..111 (reserved).
+    #[error("ERP2 address control {0:#05b} is reserved")]
+    Erp2AddressControl(u8),
+    /// ERP2 telegram type 1011..1110 (reserved).
+    #[error("ERP2 telegram type {0:#06b} is reserved")]
+    Erp2TelegramType(u8),
+    /// ERP2 extended telegram type above 0x07 (not in the fact sheet table).
+    #[error("ERP2 extended telegram type {0:#04x} is not known")]
+    Erp2ExtendedType(u8),
+    /// An ADT telegram whose inner RORG is ADT again.
+    #[error("an ADT telegram nested inside another ADT telegram")]
+    NestedAdt,
+}
+
+/// Why an ESP3 packet gives no telegram (fact sheet §1 packet types and ERP2 layout, §2 ERP1 layout).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TelegramError {
+    /// The packet type is not RADIO_ERP1 or RADIO_ERP2.
     #[error(
         "not_radio: ESP3 packet type {packet_type:#04x} is not a radio telegram (expected 0x01 RADIO_ERP1 or 0x0a RADIO_ERP2)"
     )]
-    NotRadio { packet_type: u8 },
+    NotRadio {
+        /// The ESP3 packet type.
+        packet_type: u8,
+    },
+    /// The packet ends before a field the layout needs.
     #[error("too_short: {what} needs {needed} bytes, the packet has {available}")]
     TooShort {
+        /// The part of the layout that is cut.
         what: &'static str,
+        /// Bytes it needs.
         needed: usize,
+        /// Bytes present.
         available: usize,
     },
+    /// A valid but unhandled or reserved layout.
     #[error("unsupported: {0}")]
-    Unsupported(String),
+    Unsupported(Unsupported),
 }
 
 impl TelegramError {
@@ -164,9 +196,7 @@ fn parse_erp1(data: &[u8]) -> Result<RadioView<'_>, TelegramError> {
         }
         let inner_rorg = payload[0];
         if inner_rorg == rorg::ADT {
-            return Err(TelegramError::Unsupported(
-                "an ADT telegram nested inside another ADT telegram".into(),
-            ));
+            return Err(TelegramError::Unsupported(Unsupported::NestedAdt));
         }
         let (inner, destination) = payload[1..].split_at(payload.len() - 1 - 4);
         view.rorg = inner_rorg;
@@ -239,30 +269,24 @@ fn parse_erp2(data: &[u8]) -> Result<RadioView<'_>, TelegramError> {
             ));
         };
         pos += 1;
-        erp2_ext_type_rorg(ext_type).ok_or_else(|| {
-            TelegramError::Unsupported(format!(
-                "ERP2 extended telegram type {ext_type:#04x} is reserved"
-            ))
-        })?
+        erp2_ext_type_rorg(ext_type).ok_or(TelegramError::Unsupported(
+            Unsupported::Erp2ExtendedType(ext_type),
+        ))?
     } else {
-        erp2_type_rorg(telegram_type).ok_or_else(|| {
-            TelegramError::Unsupported(format!(
-                "ERP2 telegram type {telegram_type:#06b} is reserved"
-            ))
-        })?
+        erp2_type_rorg(telegram_type).ok_or(TelegramError::Unsupported(
+            Unsupported::Erp2TelegramType(telegram_type),
+        ))?
     };
     let (originator_len, destination_len) = match address_control {
         0b000 => (3, 0),
         0b001 => (4, 0),
         0b010 => (4, 4),
         0b011 => {
-            return Err(TelegramError::Unsupported(
-                "ERP2 address control 011 (48-bit originator ID)".into(),
-            ));
+            return Err(TelegramError::Unsupported(Unsupported::Erp2Originator48Bit));
         }
         other => {
-            return Err(TelegramError::Unsupported(format!(
-                "ERP2 address control {other:#05b} is reserved"
+            return Err(TelegramError::Unsupported(Unsupported::Erp2AddressControl(
+                other,
             )));
         }
     };
@@ -538,9 +562,10 @@ mod tests {
     #[test]
     fn erp2_48_bit_and_reserved_address_controls_are_unsupported() {
         let data = [0x62, 1, 2, 3, 4, 5, 6, 0x08, 0];
-        assert!(
-            matches!(erp2(&data, &[]), Err(TelegramError::Unsupported(m)) if m.contains("48-bit"))
-        );
+        assert!(matches!(
+            erp2(&data, &[]),
+            Err(TelegramError::Unsupported(Unsupported::Erp2Originator48Bit))
+        ));
         for control in 4u8..8 {
             let data = [control << 5 | 0x02, 1, 2, 3, 4, 5, 6, 0x08, 0];
             assert_eq!(erp2(&data, &[]).unwrap_err().code(), "unsupported");
