@@ -757,7 +757,13 @@ fn finish_teach_in(
         .ok_or_else(|| SecureError::Malformed("SEC_TI without SLF".into()))?;
     let slf = Slf(slf_byte);
     slf.check()?;
-    let rlc_len = [slf.rlc_bytes(), slf.rlc_sent_bytes()]
+    // Mode 6 may carry its 32-bit counter in full or as the 3 bytes it sends; other modes in full.
+    let rlc_widths = if slf.rlc_transmitted() {
+        [slf.rlc_bytes(), slf.rlc_sent_bytes()]
+    } else {
+        [slf.rlc_bytes(); 2]
+    };
+    let rlc_len = rlc_widths
         .into_iter()
         .find(|&n| rest.len() == n + KEY_LEN)
         .ok_or_else(|| {
@@ -1257,6 +1263,20 @@ mod tests {
             asm.push(9, &[0x10, 0x8B, 1, 2, 3], None),
             Err(SecureError::Malformed(_))
         ));
+        // An implicit 24-bit SLF needs its 3 RLC bytes even though operation telegrams omit them.
+        let mut no_rlc = vec![0x10, 0x8B];
+        no_rlc.extend([0x11; 16]);
+        assert!(matches!(
+            asm.push(9, &no_rlc, None),
+            Err(SecureError::Malformed(_))
+        ));
+        // Mode 6 accepts the full 4-byte counter and the 3 bytes it sends.
+        for rlc in [&[0u8, 0, 0, 7][..], &[0, 0, 7][..]] {
+            let mut mode6 = vec![0x10, 0xD3];
+            mode6.extend(rlc);
+            mode6.extend([0x11; 16]);
+            assert_eq!(asm.push(9, &mode6, None).unwrap().unwrap().rlc, 7);
+        }
         let part = parse_teach_in_part(&one).unwrap();
         assert!(!format!("{part:?}").contains("17"));
     }
