@@ -849,3 +849,253 @@ pub fn decode_hex(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codecs::enocean::secure::{Key, Slf};
+    use crate::registry::Security;
+
+    const KEY: &str = "456E4F6365616E20476D62482E313300";
+
+    fn frame(rorg: u8, payload: &[u8], sender: u32, dbm: u8) -> Vec<u8> {
+        let mut data = vec![rorg];
+        data.extend_from_slice(payload);
+        data.extend_from_slice(&sender.to_be_bytes());
+        data.push(0x00);
+        esp3::encode(0x01, &data, &[1, 0xff, 0xff, 0xff, 0xff, dbm, 0])
+    }
+
+    fn device(eurid: u32, eep: Option<&str>, secure: bool) -> (u32, Arc<Device>) {
+        let security = secure.then(|| Security {
+            key: Key::from_hex(KEY).unwrap(),
+            slf: Slf(0x8b),
+            rlc: 0x100,
+        });
+        let d = Device {
+            eurid,
+            id: id_hex(eurid),
+            eep: eep.map(str::to_string),
+            friendly_id: format!("dev {eurid:x}"),
+            location: "lab".into(),
+            custom_tag: "t".into(),
+            security,
+            fields: Default::default(),
+        };
+        (eurid, Arc::new(d))
+    }
+
+    fn engine() -> Engine {
+        let devices = [
+            device(0x0180a1b2, Some("a5-02-05"), false),
+            device(0x0180a1b3, Some("a5-99-99"), false),
+            device(0x0180a1b4, Some("d2-14-41"), false),
+            device(0x01020304, Some("a5-02-05"), true),
+        ]
+        .into_iter()
+        .collect();
+        Engine::new(Registry::from_devices(devices), EngineOptions::default())
+    }
+
+    fn run(engine: &mut Engine, frame: &[u8], gateway: &str) -> Vec<Output> {
+        let mut out = Vec::new();
+        let reception = Reception {
+            gateway: Some(gateway),
+            ..Reception::default()
+        };
+        engine
+            .decode(
+                frame,
+                &reception,
+                SystemTime::now(),
+                Instant::now(),
+                &mut out,
+            )
+            .unwrap();
+        out
+    }
+
+    fn codes(out: &[Output]) -> Vec<String> {
+        out.iter()
+            .filter(|o| o.kind == Kind::Event)
+            .flat_map(|o| {
+                let events = o.body["meta"]["events"].as_object().unwrap().clone();
+                events
+                    .into_values()
+                    .flat_map(|l| l.as_array().unwrap().clone())
+                    .map(|e| e["code"].as_str().unwrap().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    fn secure_frame(rlc: u32) -> Vec<u8> {
+        let key = Key::from_hex(KEY).unwrap();
+        let payload =
+            secure::encrypt(0x31, 0xa5, &[0x00, 0x00, 0x80, 0x08], &key, Slf(0x8b), rlc).unwrap();
+        frame(0x31, &payload, 0x01020304, 0x40)
+    }
+
+    #[test]
+    fn first_telegram_raises_first_time_send_then_telemetry_only() {
+        let mut e = engine();
+        let f = frame(0xa5, &[0, 0, 0x80, 0x08], 0x0180a1b2, 0x45);
+        let out = run(&mut e, &f, "gw1");
+        assert_eq!(codes(&out), ["FIRST_TIME_SEND"]);
+        let telemetry = out.last().unwrap();
+        assert_eq!(telemetry.kind, Kind::Telemetry);
+        assert_eq!(telemetry.body["sensor"]["friendlyId"], "dev 180a1b2");
+        assert_eq!(telemetry.body["telemetry"]["data"][0]["value"], 19.92);
+        assert_eq!(telemetry.body["raw"]["gateway"], "gw1");
+        let again = run(&mut e, &f, "gw1");
+        assert_eq!(again.len(), 1);
+        assert_eq!(
+            again[0].body["telemetry"]["meta"]["stats"][0]["totalTelegramCount"],
+            2
+        );
+    }
+
+    #[test]
+    fn unknown_devices_and_unknown_eeps_are_events_not_guesses() {
+        let mut e = engine();
+        let out = run(
+            &mut e,
+            &frame(0xa5, &[0, 0, 0x80, 0x08], 0x0999_0001, 0x45),
+            "gw1",
+        );
+        assert_eq!(codes(&out), ["UNKNOWN_DEVICE"]);
+        assert!(out.iter().all(|o| o.kind == Kind::Event));
+        let teach_in = run(
+            &mut e,
+            &frame(0xa5, &[0x08, 0x28, 0x0d, 0x80], 0x0999_0002, 0x45),
+            "gw1",
+        );
+        let message = teach_in[0].body["meta"]["events"]["health"][0]["message"]
+            .as_str()
+            .unwrap();
+        assert!(message.contains("a5-02-05"), "{message}");
+        let out = run(
+            &mut e,
+            &frame(0xa5, &[0, 0, 0x80, 0x08], 0x0180a1b3, 0x45),
+            "gw1",
+        );
+        assert_eq!(codes(&out), ["FIRST_TIME_SEND", "EEP_NOT_FOUND_ERROR"]);
+        let out = run(&mut e, &frame(0xd2, &[0x01], 0x0180a1b4, 0x45), "gw1");
+        assert_eq!(codes(&out), ["FIRST_TIME_SEND", "EEP_DECODE_ERROR"]);
+    }
+
+    #[test]
+    fn secure_device_decodes_then_replay_and_flipped_bit_are_security_events() {
+        let mut e = engine();
+        let good = secure_frame(0x105);
+        let out = run(&mut e, &good, "gw1");
+        let telemetry = out.last().unwrap();
+        assert_eq!(telemetry.kind, Kind::Telemetry, "{out:#?}");
+        assert_eq!(telemetry.body["telemetry"]["data"][0]["value"], 19.92);
+        assert_eq!(telemetry.body["raw"]["rlc"], "000105");
+        assert_eq!(codes(&run(&mut e, &good, "gw1")), ["RLC_REPLAY"]);
+        let mut flipped = secure_frame(0x106);
+        flipped[8] ^= 0x01; // a data byte, then fix the CRC so only the CMAC can tell
+        let n = flipped.len();
+        flipped[n - 1] = esp3::crc8(&flipped[6..n - 1]);
+        assert_eq!(
+            codes(&run(&mut e, &flipped, "gw1")),
+            ["MAC_VALIDATION_ERROR"]
+        );
+        assert_eq!(
+            run(&mut e, &secure_frame(0x106), "gw1")
+                .last()
+                .unwrap()
+                .kind,
+            Kind::Telemetry,
+            "a failure does not move the rolling code"
+        );
+        let plain = frame(0xa5, &[0, 0, 0x80, 0x08], 0x01020304, 0x45);
+        assert_eq!(
+            codes(&run(&mut e, &plain, "gw1")),
+            ["DEVICE_SEND_NOW_UNSECURE"]
+        );
+    }
+
+    #[test]
+    fn statistics_count_per_device_and_per_gateway_with_duplicates() {
+        let mut e = engine();
+        let f = frame(0xa5, &[0, 0, 0x80, 0x08], 0x0180a1b2, 0x45);
+        let mut out = Vec::new();
+        let reception = Reception {
+            gateway: Some("gw1"),
+            others: vec![(Some("gw2"), Some(-70)), (Some("gw3"), Some(-80))],
+            route: Some("esp3"),
+        };
+        e.decode(&f, &reception, SystemTime::now(), Instant::now(), &mut out)
+            .unwrap();
+        let raw = &out.last().unwrap().body["raw"];
+        assert_eq!(raw["gateways"].as_array().unwrap().len(), 3);
+        let garbage = Reception {
+            gateway: Some("gw2"),
+            route: Some("esp3_garbage"),
+            ..Reception::default()
+        };
+        assert!(
+            e.decode(b"xx", &garbage, SystemTime::now(), Instant::now(), &mut out)
+                .is_err()
+        );
+        assert_eq!(e.gateway_stats()["gw1"].processed, 1);
+        assert_eq!(e.gateway_stats()["gw2"].duplicates, 1);
+        assert_eq!(e.gateway_stats()["gw2"].not_processed, 1);
+        assert_eq!(e.gateway_stats()["gw3"].total, 1);
+        let mut stats = Vec::new();
+        e.stats_records(SystemTime::now(), &mut stats);
+        assert_eq!(stats.len(), 4, "one device, three gateways");
+        assert!(stats.iter().all(|s| s.kind == Kind::Stats));
+        assert_eq!(stats[0].body["meta"]["stats"]["succesfullyProcessed"], 1);
+        assert_eq!(stats[2].body["stats"]["duplicates"], 1);
+    }
+
+    #[test]
+    fn a_chain_that_never_completes_becomes_an_event() {
+        let mut e = engine();
+        let first = frame(
+            0x40,
+            &[0x40, 0x00, 0x09, 0xd2, 0x9f, 0xce, 0x80],
+            0x0180a1b4,
+            0x4d,
+        );
+        let out = run(&mut e, &first, "gw1");
+        assert_eq!(codes(&out), ["FIRST_TIME_SEND"], "the part waits");
+        let mut expired = Vec::new();
+        e.expire_chains(
+            Instant::now() + Duration::from_secs(10),
+            SystemTime::now(),
+            &mut expired,
+        );
+        assert_eq!(codes(&expired), ["CHAIN_INCOMPLETE"]);
+    }
+
+    #[test]
+    fn random_frames_never_panic() {
+        let mut e = engine();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 20) as usize;
+            let rorg = [
+                0xa5, 0xd2, 0xf6, 0xd5, 0x40, 0x31, 0x30, 0x35, 0xd0, 0xd4, 0xa6,
+            ][(seed >> 8) as usize % 11];
+            let payload: Vec<u8> = (0..len).map(|i| (seed >> (i % 8 * 8)) as u8).collect();
+            let sender =
+                [0x0180a1b2, 0x0180a1b4, 0x01020304, 0x0999_0001][(seed >> 16) as usize % 4];
+            let f = frame(rorg, &payload, sender, 0x45);
+            let mut out = Vec::new();
+            let _ = e.decode(
+                &f,
+                &Reception::default(),
+                SystemTime::now(),
+                Instant::now(),
+                &mut out,
+            );
+        }
+    }
+}
