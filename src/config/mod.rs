@@ -23,6 +23,7 @@ pub use duration::HumanDuration;
 use crate::sinks::jsonl::JsonLinesConfig;
 use crate::sinks::parquet::ParquetConfig;
 use crate::sources::coap::CoapConfig;
+use crate::sources::esp3_websocket::Esp3WebsocketConfig;
 use crate::stages::decode::DecodeConfig;
 
 /// Default capacity of the bounded queue in front of a flow or a sink.
@@ -47,6 +48,8 @@ pub struct SourceConfig {
 pub enum SourceKind {
     /// `type = "coap"`: a CoAP server (Efento NB-IoT sensors).
     Coap(CoapConfig),
+    /// `type = "esp3_websocket"`: a websocket server for EnOcean gateways (Aruba APs, raw ESP3).
+    Esp3Websocket(Esp3WebsocketConfig),
 }
 
 /// A sink: where records end up.
@@ -90,6 +93,7 @@ impl SourceKind {
     pub fn type_name(&self) -> &'static str {
         match self {
             SourceKind::Coap(_) => "coap",
+            SourceKind::Esp3Websocket(_) => "esp3_websocket",
         }
     }
 }
@@ -103,7 +107,7 @@ impl SinkKind {
     }
 }
 
-const SOURCE_TYPES: &[&str] = &["coap"];
+const SOURCE_TYPES: &[&str] = &["coap", "esp3_websocket"];
 const SINK_TYPES: &[&str] = &["parquet", "json_lines"];
 const STAGE_TYPES: &[&str] = &["decode"];
 const TOP_KEYS: &[&str] = &["sources", "sinks", "flows"];
@@ -581,6 +585,13 @@ impl<'a> Loader<'a> {
                 }
                 Some(SourceKind::Coap(config))
             }
+            "esp3_websocket" => {
+                let config: Esp3WebsocketConfig = self.deserialize(&what, table)?;
+                for problem in config.problems() {
+                    self.error(name_span.clone(), format!("{what}: {problem}"), None);
+                }
+                Some(SourceKind::Esp3Websocket(config))
+            }
             _ => None,
         }
     }
@@ -1010,7 +1021,9 @@ to = ["lake"]
         assert_eq!(config.sinks["lake"].queue, 10);
         assert_eq!(config.flows[0].queue, DEFAULT_QUEUE);
         assert_eq!(config.flows[0].stages.len(), 1);
-        let SourceKind::Coap(coap) = &config.sources["efento"].kind;
+        let SourceKind::Coap(coap) = &config.sources["efento"].kind else {
+            panic!("efento is a coap source");
+        };
         assert_eq!(
             coap.ack_deadline.get(),
             std::time::Duration::from_millis(1500)
