@@ -18,6 +18,7 @@ use crate::record::{Kind, Record};
 use crate::sinks::jsonl::JsonLinesSink;
 use crate::sinks::parquet::ParquetSink;
 use crate::sources::coap::CoapSource;
+use crate::sources::esp3_websocket::Esp3WebsocketSource;
 use crate::stages::{self, Stage};
 
 type Task = (String, JoinHandle<anyhow::Result<()>>);
@@ -87,6 +88,20 @@ impl Pipeline {
             match &source.kind {
                 SourceKind::Coap(c) => {
                     let s = match CoapSource::bind(name, c, inputs, downlinks.clone()) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            shutdown.cancel(); // stop the sources already started
+                            return Err(e);
+                        }
+                    };
+                    addresses.insert(name.clone(), s.local_addr()?);
+                    sources.push((
+                        format!("source `{name}`"),
+                        spawn_component(name, &shutdown, s.run(shutdown.child_token())),
+                    ));
+                }
+                SourceKind::Esp3Websocket(c) => {
+                    let s = match Esp3WebsocketSource::bind(name, c, inputs) {
                         Ok(s) => s,
                         Err(e) => {
                             shutdown.cancel(); // stop the sources already started

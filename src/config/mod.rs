@@ -23,6 +23,7 @@ pub use duration::HumanDuration;
 use crate::sinks::jsonl::JsonLinesConfig;
 use crate::sinks::parquet::ParquetConfig;
 use crate::sources::coap::CoapConfig;
+use crate::sources::esp3_websocket::Esp3WebsocketConfig;
 use crate::stages::decode::DecodeConfig;
 use crate::stages::dedupe::DedupeConfig;
 
@@ -48,6 +49,8 @@ pub struct SourceConfig {
 pub enum SourceKind {
     /// `type = "coap"`: a CoAP server (Efento NB-IoT sensors).
     Coap(CoapConfig),
+    /// `type = "esp3_websocket"`: a websocket server for EnOcean gateways (Aruba APs, raw ESP3).
+    Esp3Websocket(Esp3WebsocketConfig),
 }
 
 /// A sink: where records end up.
@@ -93,6 +96,7 @@ impl SourceKind {
     pub fn type_name(&self) -> &'static str {
         match self {
             SourceKind::Coap(_) => "coap",
+            SourceKind::Esp3Websocket(_) => "esp3_websocket",
         }
     }
 }
@@ -106,7 +110,7 @@ impl SinkKind {
     }
 }
 
-const SOURCE_TYPES: &[&str] = &["coap"];
+const SOURCE_TYPES: &[&str] = &["coap", "esp3_websocket"];
 const SINK_TYPES: &[&str] = &["parquet", "json_lines"];
 const STAGE_TYPES: &[&str] = &["decode", "dedupe"];
 const TOP_KEYS: &[&str] = &["sources", "sinks", "flows"];
@@ -584,6 +588,13 @@ impl<'a> Loader<'a> {
                 }
                 Some(SourceKind::Coap(config))
             }
+            "esp3_websocket" => {
+                let config: Esp3WebsocketConfig = self.deserialize(&what, table)?;
+                for problem in config.problems() {
+                    self.error(name_span.clone(), format!("{what}: {problem}"), None);
+                }
+                Some(SourceKind::Esp3Websocket(config))
+            }
             _ => None,
         }
     }
@@ -1024,7 +1035,9 @@ to = ["lake"]
         assert_eq!(config.sinks["lake"].queue, 10);
         assert_eq!(config.flows[0].queue, DEFAULT_QUEUE);
         assert_eq!(config.flows[0].stages.len(), 1);
-        let SourceKind::Coap(coap) = &config.sources["efento"].kind;
+        let SourceKind::Coap(coap) = &config.sources["efento"].kind else {
+            panic!("efento is a coap source");
+        };
         assert_eq!(
             coap.ack_deadline.get(),
             std::time::Duration::from_millis(1500)

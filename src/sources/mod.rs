@@ -2,3 +2,4 @@
 //! records, pushes them into its flows' bounded queues, and answers its peer from the delivery outcome.
 
 pub mod coap;
+pub mod esp3_websocket;
