@@ -1140,6 +1140,7 @@ fn record_origin(
         gateway: Some(gateway.clone()),
         rssi,
         token: None,
+        receptions: Vec::new(),
     }
 }
 
