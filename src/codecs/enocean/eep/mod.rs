@@ -1,6 +1,6 @@
 //! Table-driven EnOcean Equipment Profile (EEP) decoding.
 //!
-//! Every built-in profile is static data in [`profiles`](self::profiles()) (see `table.rs`): for
+//! Every built-in profile is static data returned by [`profiles()`] (see `table.rs`): for
 //! each message layout, the fields in output order with their bit position (offset from the MSB of
 //! the first payload byte, fact sheet `enocean.md` §2), size and [`Kind`]. One interpreter,
 //! [`decode`], walks that table. Adding a profile means adding a table entry.

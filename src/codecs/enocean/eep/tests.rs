@@ -1,3 +1,6 @@
+// Binary literals in these tests are grouped by EEP field, not by nibble.
+#![allow(clippy::unusual_byte_groupings)]
+
 use std::path::PathBuf;
 
 use super::*;
@@ -184,10 +187,7 @@ fn inverted_ranges_scale_down_from_raw_max() {
 fn scaled_values_are_floats_even_when_whole() {
     let points = decode_points("a5-07-01", 0xA5, &[200, 0, 0xFF, 0x09], 0);
     assert_eq!(points[0].value, Value::Float(4.0));
-    assert_eq!(
-        serde_json::to_string(&points[0]).unwrap().contains("4.0"),
-        true
-    );
+    assert!(serde_json::to_string(&points[0]).unwrap().contains("4.0"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -607,7 +607,7 @@ fn random_payloads_of_random_lengths_never_panic() {
                 *b = rng.next() as u8;
             }
             let status = rng.next() as u8;
-            let rorg = if rng.next() % 8 == 0 {
+            let rorg = if rng.next().is_multiple_of(8) {
                 rng.next() as u8
             } else {
                 profile.rorg
