@@ -10,6 +10,7 @@ pub mod downlink;
 pub mod loadgen;
 pub mod metrics;
 pub mod record;
+pub mod simulator;
 pub mod sinks;
 pub mod sources;
 pub mod stages;
