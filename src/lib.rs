@@ -12,6 +12,7 @@ pub mod loadgen;
 pub mod metrics;
 pub mod record;
 pub mod registry;
+pub mod simulator;
 pub mod sinks;
 pub mod sources;
 pub mod stages;

@@ -54,6 +54,8 @@ enum Command {
         #[command(subcommand)]
         kind: LoadgenCommand,
     },
+    /// Simulated EnOcean gateways streaming ESP3 to an esp3_websocket source (Aruba or raw).
+    Simulate(sensorgate::simulator::SimulateArgs),
 }
 
 #[derive(Subcommand)]
@@ -126,6 +128,7 @@ fn main() -> ExitCode {
         Command::Loadgen {
             kind: LoadgenCommand::Coap(args),
         } => run_async(sensorgate::loadgen::run_coap(args)),
+        Command::Simulate(args) => run_async(sensorgate::simulator::run(args)),
     }
 }
 
