@@ -113,7 +113,7 @@ fn main() -> ExitCode {
             codec: DecodeCommand::Efento { path, hex },
         } => match sensorgate::codecs::efento::decode_hex(&path, &hex) {
             Ok(doc) => {
-                println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+                print_out(&serde_json::to_string_pretty(&doc).unwrap_or_default());
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -136,7 +136,7 @@ fn decode_esp3(args: Esp3DecodeArgs) -> ExitCode {
     use sensorgate::codecs::enocean::eep;
     if args.list_eeps {
         for profile in eep::profiles() {
-            println!("{}\t{}", profile.id, profile.title);
+            print_out(&format!("{}\t{}", profile.id, profile.title));
         }
         return ExitCode::SUCCESS;
     }
@@ -150,10 +150,7 @@ fn decode_esp3(args: Esp3DecodeArgs) -> ExitCode {
     );
     match result {
         Ok(docs) => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&docs).unwrap_or_default()
-            );
+            print_out(&serde_json::to_string_pretty(&docs).unwrap_or_default());
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -161,6 +158,12 @@ fn decode_esp3(args: Esp3DecodeArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints a line to stdout; a closed pipe (`| head`) ends the output quietly instead of panicking.
+fn print_out(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
 }
 
 fn init_logging(format: LogFormat) {

@@ -89,12 +89,30 @@ pub struct SimulateArgs {
     /// frame (the ESP3 frame as the first gateway sent it, hex).
     #[arg(long)]
     pub manifest: Option<PathBuf>,
+    /// Write the device registry (devices.toml) of the population that --devices and --seed give,
+    /// and exit without connecting: the pipeline under test then knows every simulated device.
+    #[arg(long)]
+    pub registry_out: Option<PathBuf>,
     /// No progress bar (for scripts).
     #[arg(long)]
     pub quiet: bool,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The population as a `devices.toml` the pipeline can load.
+pub fn registry_toml(population: &Population) -> String {
+    let mut out = String::from("# The gateway simulator's devices (sensorgate simulate --registry-out).\n");
+    for device in population.devices() {
+        out.push_str(&format!(
+            "\n[[devices]]\neurid = \"{:08x}\"\neep = \"{}\"\nfriendly_id = \"sim {:08x}\"\nlocation = \"simulator\"\n",
+            device.eurid,
+            device.profile.eep(),
+            device.eurid
+        ));
+    }
+    out
 }
 
 /// How the simulated gateways wrap their bytes.
@@ -432,6 +450,13 @@ pub struct Summary {
 
 /// Runs the simulation and prints the summary; fails when a gateway could not send everything.
 pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.registry_out {
+        let population = Population::new(args.devices, args.seed, args.rate);
+        std::fs::write(path, registry_toml(&population))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        println!("{}: {} devices", path.display(), population.devices().len());
+        return Ok(());
+    }
     let summary = simulate(&args).await?;
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
@@ -879,6 +904,18 @@ mod tests {
             assert!(receives((t % 5) as u32, t, 5, 3));
         }
         assert!((0..4).all(|g| receives(g, 9, 4, 4)));
+    }
+
+    #[test]
+    fn the_registry_of_a_population_loads_with_every_profile_known() {
+        let population = Population::new(50, 7, 1000);
+        let (devices, warnings) =
+            crate::registry::parse("sim.toml", &registry_toml(&population)).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(devices.len(), 50);
+        for d in population.devices() {
+            assert_eq!(devices[&d.eurid].eep.as_deref(), Some(d.profile.eep()));
+        }
     }
 
     #[test]
