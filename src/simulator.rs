@@ -103,7 +103,8 @@ pub struct SimulateArgs {
 
 /// The population as a `devices.toml` the pipeline can load.
 pub fn registry_toml(population: &Population) -> String {
-    let mut out = String::from("# The gateway simulator's devices (sensorgate simulate --registry-out).\n");
+    let mut out =
+        String::from("# The gateway simulator's devices (sensorgate simulate --registry-out).\n");
     for device in population.devices() {
         out.push_str(&format!(
             "\n[[devices]]\neurid = \"{:08x}\"\neep = \"{}\"\nfriendly_id = \"sim {:08x}\"\nlocation = \"simulator\"\n",
