@@ -318,7 +318,7 @@ async fn three_gateways_over_wss_give_each_telegram_once_with_all_gateways_liste
 
     // Parquet holds the readings once each, with the first gateway.
     if let Some(python) = common::python() {
-        let script = "import duckdb,sys\nprint(duckdb.sql(\"select count(*) from read_parquet('lake/**/*.parquet') where device='0180a1b2' and key='temperature' and gateway='gw-a'\").fetchone()[0])";
+        let script = "import duckdb,sys\nprint(duckdb.sql(\"select count(*) from read_parquet('lake/**/*.parquet') where device='0180a1b2' and key='temperature' and gateway='gw-a'\").fetchall()[0][0])";
         let out = Command::new(python)
             .args(["-c", script])
             .current_dir(p.dir.path())
