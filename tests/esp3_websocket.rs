@@ -94,10 +94,7 @@ impl Harness {
     }
 
     fn errors(&self, error: &str) -> u64 {
-        self.counter(
-            "component_errors_total",
-            &[("component", &self.name), ("error", error)],
-        )
+        errors(&self.name, error)
     }
 
     async fn stop(self) -> mpsc::Receiver<Record> {
@@ -105,6 +102,15 @@ impl Harness {
         self.task.await.unwrap().unwrap();
         self.rx
     }
+}
+
+/// `component_errors_total{component, error}`.
+fn errors(component: &str, error: &str) -> u64 {
+    metrics::counter(
+        "component_errors_total",
+        &[("component", component), ("error", error)],
+    )
+    .get()
 }
 
 fn config() -> Esp3WebsocketConfig {
@@ -209,15 +215,16 @@ async fn websocat_raw_gateway_frame_arrives_with_its_gateway_and_rssi_and_no_tok
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(h.errors("access_token"), refused_before + 1);
     // And with the token as a query parameter.
     let out = run(vec!["--binary".into(), format!("{url}&token=s3cret")])
         .await
         .unwrap();
     common::assert_success(&out);
     assert_eq!(&h.next().await.raw[..], &unhex(FRAME_06)[..]);
+    // A refusal is counted when its connection task ends, which stopping the source waits for.
     let mut rx = h.stop().await;
     assert!(rx.try_recv().is_err(), "nothing from the refused upgrade");
+    assert_eq!(errors("ws_websocat", "access_token"), refused_before + 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -352,14 +359,57 @@ async fn wrong_path_gets_404_and_a_full_server_gets_503() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("503"), "{err}");
-    assert_eq!(
-        h.counter(
-            "websocket_connections_refused_total",
-            &[("source", "ws_limits"), ("reason", "max_connections")]
-        ),
-        1
-    );
     drop(first);
+    h.stop().await;
+    let refused = metrics::counter(
+        "websocket_connections_refused_total",
+        &[("source", "ws_limits"), ("reason", "max_connections")],
+    );
+    assert_eq!(refused.get(), 1);
+}
+
+/// Reads until the server's close frame and returns its code and reason.
+async fn close_of<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> (u16, String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    while let Some(Ok(m)) = tokio::time::timeout(PATIENCE, ws.next()).await.unwrap() {
+        if let Message::Close(Some(frame)) = m {
+            return (u16::from(frame.code), frame.reason.to_string());
+        }
+    }
+    panic!("the connection ended without a close frame");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_gateways_are_closed_and_shutdown_closes_with_1001_after_delivering() {
+    let mut cfg = config();
+    cfg.idle_timeout = sensorgate::config::HumanDuration::from_millis(300);
+    let h = Harness::start("ws_idle", cfg, 16).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(h.url("?gateway=quiet"))
+        .await
+        .unwrap();
+    assert_eq!(close_of(&mut ws).await, (1001, "idle timeout".to_string()));
+    drop(ws);
+    // Counted when the connection task ends, which stopping the source waits for.
+    h.stop().await;
+    let closed = metrics::counter(
+        "websocket_connections_closed_total",
+        &[("source", "ws_idle"), ("reason", "idle_timeout")],
+    );
+    assert_eq!(closed.get(), 1);
+
+    let mut h = Harness::start("ws_shutdown", config(), 16).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(h.url("?gateway=busy"))
+        .await
+        .unwrap();
+    ws.send(Message::binary(unhex(FRAME_06))).await.unwrap();
+    assert_eq!(&h.next().await.raw[..], &unhex(FRAME_06)[..]);
+    h.shutdown.cancel();
+    assert_eq!(
+        close_of(&mut ws).await,
+        (1001, "server shutting down".to_string())
+    );
     h.stop().await;
 }
 
@@ -478,7 +528,6 @@ async fn wss_with_a_test_ca_and_mutual_tls_refuses_clients_without_a_certificate
     .unwrap();
     assert_eq!(without.connection_errors, 1);
     assert!(h.rx.try_recv().is_err());
-    assert!(h.errors("handshake") >= 1);
     let (cert, key) = (pki.path("client.pem"), pki.path("client.key"));
     let with = simulator::simulate(&sim_args(&[
         "--target",
@@ -502,6 +551,11 @@ async fn wss_with_a_test_ca_and_mutual_tls_refuses_clients_without_a_certificate
     let records = h.take(3).await;
     assert!(records.iter().all(|r| gateway(r) == "sim-gw-0"));
     h.stop().await;
+    assert_eq!(
+        errors("ws_mtls", "handshake"),
+        1,
+        "the client without a certificate"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

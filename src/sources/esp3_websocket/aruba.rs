@@ -44,8 +44,11 @@ impl GatewayInfo {
     /// Takes what this message says about the AP; fields it leaves out keep their earlier value.
     pub fn update(&mut self, telemetry: &Telemetry) {
         let reporter = &telemetry.reporter;
+        // Compared first: most messages repeat what is known, and cloning would allocate each time.
         let keep = |new: &Option<String>, old: &mut Option<String>| {
-            if let Some(v) = new.as_ref().filter(|v| !v.is_empty()) {
+            if let Some(v) = new.as_ref().filter(|v| !v.is_empty())
+                && old.as_deref() != Some(v.as_str())
+            {
                 *old = Some(v.clone());
             }
         };

@@ -353,6 +353,7 @@ struct Events {
     accepted: Counter,
     refused: HashMap<&'static str, Counter>,
     handshake_failed: Counter,
+    accept_failed: Counter,
     closed: HashMap<&'static str, Counter>,
     bad_token: Counter,
     bad_envelope: Counter,
@@ -417,6 +418,7 @@ impl Events {
             ),
             refused: by_label("websocket_connections_refused_total", &REFUSAL_LABELS),
             handshake_failed: error("handshake"),
+            accept_failed: error("accept"),
             closed: by_label("websocket_connections_closed_total", &ENDING_LABELS),
             bad_token: error("access_token"),
             bad_envelope: error("aruba_envelope"),
@@ -468,6 +470,11 @@ impl Events {
     fn handshake_failed(&self, peer: SocketAddr, stage: &str, error: &dyn std::fmt::Display) {
         self.handshake_failed.inc();
         tracing::info!(source = %self.source, %peer, %stage, %error, "handshake failed");
+    }
+
+    fn accept_failed(&self, error: &std::io::Error) {
+        self.accept_failed.inc();
+        tracing::warn!(source = %self.source, %error, "cannot accept a connection");
     }
 
     fn bad_token(&self, peer: SocketAddr, gateway: Option<&str>) {
@@ -664,9 +671,7 @@ impl Esp3WebsocketSource {
                 }
                 Err(e) => {
                     // Out of file descriptors, usually: wait a little instead of spinning.
-                    shared
-                        .events
-                        .handshake_failed(self.listener.local_addr()?, "accept", &e);
+                    shared.events.accept_failed(&e);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
@@ -861,16 +866,21 @@ impl Shared {
         let mut conn = Connection::new(self, peer, mode);
         let mut records = Vec::new();
         let mut last_activity = Instant::now();
+        // One timer for the connection, re-armed only when it fires: resetting it per message would
+        // cost a timer-wheel update per message.
+        let idle = tokio::time::sleep(self.idle_timeout);
+        tokio::pin!(idle);
         let ending = loop {
-            let idle = tokio::time::sleep_until(last_activity + self.idle_timeout);
             let message = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break Ending::Shutdown,
                 m = ws.next() => m,
-                _ = idle => {
-                    if last_activity.elapsed() >= self.idle_timeout {
+                _ = &mut idle => {
+                    let deadline = last_activity + self.idle_timeout;
+                    if Instant::now() >= deadline {
                         break Ending::Idle;
                     }
+                    idle.as_mut().reset(deadline);
                     continue;
                 }
             };
