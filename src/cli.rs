@@ -31,17 +31,14 @@ pub fn decode_esp3(
     };
     let security = match key {
         Some(key) => {
-            let bytes = ::hex::decode(key.trim())
-                .ok()
-                .and_then(|b| <[u8; 16]>::try_from(b).ok())
-                .ok_or("--key must be 32 hex digits (AES-128)")?;
+            let key = Key::from_hex(key).map_err(|_| "--key must be 32 hex digits (AES-128)")?;
             let slf = registry::hex_u32(slf)
                 .and_then(|v| u8::try_from(v).ok())
                 .ok_or_else(|| format!("--slf {slf}: one byte in hex, e.g. 0x8b"))?;
             let rlc =
                 registry::hex_u32(rlc).ok_or_else(|| format!("--rlc {rlc}: hex, e.g. c0ffee"))?;
             Some(Security {
-                key: Key(bytes),
+                key,
                 slf: Slf(slf),
                 rlc,
             })

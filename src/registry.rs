@@ -170,13 +170,9 @@ pub fn parse(path: &str, text: &str) -> Result<(Devices, Vec<Warning>), Registry
                 )));
             }
             (Some(key), slf, rlc) => {
-                let bytes = hex::decode(key.trim())
-                    .ok()
-                    .and_then(|b| <[u8; 16]>::try_from(b).ok())
-                    .ok_or_else(|| {
-                        // The key itself is never repeated in a message.
-                        invalid(format!("{at}: key must be 32 hex digits (AES-128)"))
-                    })?;
+                // The key itself is never repeated in a message.
+                let key = Key::from_hex(key)
+                    .map_err(|_| invalid(format!("{at}: key must be 32 hex digits (AES-128)")))?;
                 let slf = match slf {
                     None => Slf(DEFAULT_SLF),
                     Some(text) => Slf(hex_u32(text)
@@ -195,11 +191,7 @@ pub fn parse(path: &str, text: &str) -> Result<(Devices, Vec<Warning>), Registry
                         ))
                     })?,
                 };
-                Some(Security {
-                    key: Key(bytes),
-                    slf,
-                    rlc,
-                })
+                Some(Security { key, slf, rlc })
             }
         };
         let device = Device {

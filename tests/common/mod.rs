@@ -93,6 +93,29 @@ pub fn free_udp_port() -> u16 {
         .port()
 }
 
+/// Starts `sensorgate run` with `pipeline.toml` in `dir`; its log (stderr) is collected as it comes.
+pub fn spawn_run(dir: &Path) -> (Child, Arc<Mutex<String>>) {
+    let mut child = sensorgate()
+        .args(["run", "--config", "pipeline.toml"])
+        .current_dir(dir)
+        .env("SENSORGATE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start sensorgate");
+    let log = Arc::new(Mutex::new(String::new()));
+    let stderr = child.stderr.take().unwrap();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let mut l = sink.lock().unwrap();
+            l.push_str(&line);
+            l.push('\n');
+        }
+    });
+    (child, log)
+}
+
 /// A `sensorgate run` child process with its own directory; killed when dropped.
 pub struct Running {
     pub child: Child,
@@ -142,24 +165,7 @@ impl Running {
             pipeline_toml(port, extra_coap, commit_interval),
         )
         .unwrap();
-        let mut child = sensorgate()
-            .args(["run", "--config", "pipeline.toml"])
-            .current_dir(dir.path())
-            .env("SENSORGATE_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start sensorgate");
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
+        let (child, log) = spawn_run(dir.path());
         let coap: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let running = Running {
             child,

@@ -285,13 +285,7 @@ impl Engine {
         let unix = unix_seconds(at);
         let result = self.decode_inner(frame, reception, unix, now, out);
         let processed = result.as_ref().is_ok_and(|p| *p);
-        if let Err(e) = &result
-            && !matches!(e, FrameRejected::Chain(_))
-        {
-            self.count_gateways(reception, unix as u64, false);
-        } else {
-            self.count_gateways(reception, unix as u64, processed);
-        }
+        self.count_gateways(reception, unix as u64, processed);
         result.map(|_| ())
     }
 
@@ -343,9 +337,9 @@ impl Engine {
                     id_hex(sender)
                 ),
             };
-            self.count_device(sender, unix as u64, false);
             let data = teach_in.map(|t| t.data_points()).unwrap_or_default();
-            out.push(self.event(
+            return Ok(self.refuse(
+                out,
                 None,
                 sender,
                 Category::Health,
@@ -355,7 +349,6 @@ impl Engine {
                 unix,
                 Some(&telegram),
             ));
-            return Ok(false);
         };
 
         if self.options.report_first_send && self.seen.insert(sender) {
@@ -385,9 +378,7 @@ impl Engine {
         match telegram.rorg {
             0x30 | 0x31 => {
                 let Some(security) = device.security.as_ref() else {
-                    self.count_device(sender, unix as u64, false);
-                    out.push(self.event(
-                        Some(&device),
+                    return Ok(self.refuse(out, Some(&device),
                         sender,
                         Category::Security,
                         "SECURE_KEY_MISSING",
@@ -397,9 +388,7 @@ impl Engine {
                         ),
                         &[],
                         unix,
-                        Some(&telegram),
-                    ));
-                    return Ok(false);
+                        Some(&telegram)));
                 };
                 let state = self
                     .rlc
@@ -419,19 +408,17 @@ impl Engine {
                         telegram.payload = plain.data;
                     }
                     Err(e) => {
-                        self.count_device(sender, unix as u64, false);
-                        let code = e.event_code();
-                        out.push(self.event(
+                        return Ok(self.refuse(
+                            out,
                             Some(&device),
                             sender,
                             Category::Security,
-                            code,
+                            e.event_code(),
                             format!("Secure telegram from device with id={}: {e}.", device.id),
                             &[],
                             unix,
                             Some(&telegram),
                         ));
-                        return Ok(false);
                     }
                 }
             }
@@ -455,9 +442,7 @@ impl Engine {
                 return Ok(true);
             }
             rorg if device.security.is_some() && rorg != 0xD0 => {
-                self.count_device(sender, unix as u64, false);
-                out.push(self.event(
-                    Some(&device),
+                return Ok(self.refuse(out, Some(&device),
                     sender,
                     Category::Security,
                     "DEVICE_SEND_NOW_UNSECURE",
@@ -467,9 +452,7 @@ impl Engine {
                     ),
                     &[],
                     unix,
-                    Some(&telegram),
-                ));
-                return Ok(false);
+                    Some(&telegram)));
             }
             _ => {}
         }
@@ -500,8 +483,8 @@ impl Engine {
             match signal::decode(&telegram.payload) {
                 Ok(points) => signal = points,
                 Err(e) => {
-                    self.count_device(sender, unix as u64, false);
-                    out.push(self.event(
+                    return Ok(self.refuse(
+                        out,
                         Some(&device),
                         sender,
                         Category::Transcoding,
@@ -511,7 +494,6 @@ impl Engine {
                         unix,
                         Some(&telegram),
                     ));
-                    return Ok(false);
                 }
             }
         } else if device.eep.is_none() {
@@ -521,9 +503,9 @@ impl Engine {
             ));
         } else {
             let Some(profile) = self.profile(&device) else {
-                self.count_device(sender, unix as u64, false);
                 let eep = device.eep.clone().unwrap_or_default();
-                out.push(self.event(
+                return Ok(self.refuse(
+                    out,
                     Some(&device),
                     sender,
                     Category::Transcoding,
@@ -536,7 +518,6 @@ impl Engine {
                     unix,
                     Some(&telegram),
                 ));
-                return Ok(false);
             };
             if let Err(e) = eep::decode(
                 profile,
@@ -545,8 +526,8 @@ impl Engine {
                 telegram.status,
                 &mut data,
             ) {
-                self.count_device(sender, unix as u64, false);
-                out.push(self.event(
+                return Ok(self.refuse(
+                    out,
                     Some(&device),
                     sender,
                     Category::Transcoding,
@@ -559,7 +540,6 @@ impl Engine {
                     unix,
                     Some(&telegram),
                 ));
-                return Ok(false);
             }
         }
 
@@ -591,6 +571,28 @@ impl Engine {
             body,
         });
         Ok(true)
+    }
+
+    /// The telegram is not processed: counts it so for the sender and reports why as an event.
+    /// Returns `false` (not processed) for the caller to pass on.
+    #[allow(clippy::too_many_arguments)]
+    fn refuse(
+        &mut self,
+        out: &mut Vec<Output>,
+        device: Option<&Device>,
+        sender: u32,
+        category: Category,
+        code: &str,
+        message: String,
+        data: &[DataPoint],
+        unix: f64,
+        telegram: Option<&Telegram>,
+    ) -> bool {
+        self.count_device(sender, unix as u64, false);
+        out.push(self.event(
+            device, sender, category, code, message, data, unix, telegram,
+        ));
+        false
     }
 
     #[allow(clippy::too_many_arguments)]
