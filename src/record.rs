@@ -9,6 +9,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -17,7 +18,9 @@ use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
 /// What a record holds once decoded. Sinks use it to pick a topic, a table or a layout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// Not decoded yet: only `raw` is meaningful.
@@ -109,6 +112,16 @@ pub struct Record {
     /// [`Reading`]), and the Parquet sink writes them without going through JSON.
     pub readings: Vec<Reading>,
     pub delivery: Delivery,
+    /// Where a sink sends this record if it refuses it for good (the flow's dead-letter sink). Set by
+    /// the flow as the record leaves it; see [`Record::refuse`].
+    pub dead_letter: Option<Arc<DeadLetterRoute>>,
+}
+
+/// A flow's dead-letter sink, as a record carries it to the sinks it reaches.
+#[derive(Debug, Clone)]
+pub struct DeadLetterRoute {
+    pub flow: Arc<str>,
+    pub tx: tokio::sync::mpsc::Sender<Record>,
 }
 
 /// One reading of a time series: the row every telemetry kind shares (Parquet's long form, the
@@ -223,6 +236,7 @@ impl Record {
             body: Map::new(),
             readings: Vec::new(),
             delivery,
+            dead_letter: None,
         }
     }
 
@@ -231,6 +245,7 @@ impl Record {
     /// so the source answers "rejected" (CoAP 4.00) once the dead-letter sink has stored it.
     pub fn into_dead_letter(mut self, flow: &str, stage: &str, error: &str) -> Record {
         self.delivery.reject(error);
+        self.dead_letter = None;
         let mut body = Map::new();
         body.insert("error".into(), Value::String(error.to_string()));
         body.insert("stage".into(), Value::String(stage.to_string()));
@@ -242,6 +257,9 @@ impl Record {
         if let Some(peer) = &self.origin.peer {
             body.insert("peer".into(), Value::String(peer.to_string()));
         }
+        if let Some(gateway) = &self.origin.gateway {
+            body.insert("gateway".into(), Value::String(gateway.to_string()));
+        }
         if let Some(device) = &self.device {
             body.insert("device".into(), Value::String(device.clone()));
         }
@@ -249,12 +267,58 @@ impl Record {
             "received_at".into(),
             Value::String(rfc3339(self.received_at)),
         );
+        body.insert(
+            "rejected_at".into(),
+            Value::String(rfc3339(SystemTime::now())),
+        );
         body.insert("raw_hex".into(), Value::String(hex::encode(&self.raw)));
         body.insert("raw_len".into(), Value::from(self.raw.len()));
         self.body = body;
         self.readings.clear();
         self.kind = Kind::DeadLetter;
         self
+    }
+}
+
+impl Record {
+    /// A sink refuses this record for good (it can never take it: too large, a 4xx from a server).
+    /// The record goes to its flow's dead-letter sink with the reason, as stage `sink:NAME`; without
+    /// one it is logged and counted, and its source hears "rejected" either way (never "stored").
+    /// The dead letter is sent from a task of its own, so a sink that is also its flow's dead-letter
+    /// sink cannot block on its own queue.
+    pub fn refuse(mut self, sink: &str, reason: &str) {
+        let stage = format!("sink:{sink}");
+        match self.dead_letter.take() {
+            Some(route) => {
+                let dead = self.into_dead_letter(&route.flow, &stage, reason);
+                crate::metrics::counter("dead_lettered_records_total", &[("flow", &route.flow)])
+                    .inc();
+                let tx = route.tx.clone();
+                match tx.try_send(dead) {
+                    Ok(()) => {}
+                    Err(tokio::sync::mpsc::error::TrySendError::Full(dead)) => {
+                        tokio::spawn(async move {
+                            // A closed dead-letter sink drops it, and the source hears "failed".
+                            let _ = tx.send(dead).await;
+                        });
+                    }
+                    Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {}
+                }
+            }
+            None => {
+                crate::metrics::counter(
+                    "component_discarded_events_total",
+                    &[
+                        ("component", sink),
+                        ("reason", "refused_without_dead_letter"),
+                    ],
+                )
+                .inc();
+                tracing::warn!(sink, reason, source = %self.source, device = ?self.device, raw_hex = %hex::encode(&self.raw), "record refused by the sink (its flow has no dead_letter sink)");
+                self.delivery.reject(reason);
+                self.delivery.delivered();
+            }
+        }
     }
 }
 
@@ -285,7 +349,13 @@ struct State {
     tx: Option<oneshot::Sender<Outcome>>,
     /// Tokens of records merged into this one (duplicates): they share its fate.
     followers: Vec<Delivery>,
+    /// Where handles read the outcome once it is known (made by the first [`Delivery::handle`]).
+    fate: Option<Arc<AtomicU8>>,
+    /// Told the outcome once it is known (e.g. a shared dedupe store marking the key stored).
+    watchers: Vec<SettleCallback>,
 }
+
+type SettleCallback = Box<dyn FnOnce(&Outcome) + Send>;
 
 struct Shared {
     state: Mutex<State>,
@@ -312,7 +382,46 @@ impl Drop for Shared {
                 }
             };
             settle_followers(std::mem::take(&mut state.followers), &outcome);
+            if let Some(fate) = &state.fate {
+                fate.store(Fate::of(&outcome) as u8, Ordering::Release);
+            }
+            for watcher in std::mem::take(&mut state.watchers) {
+                watcher(&outcome);
+            }
             let _ = tx.send(outcome);
+        }
+    }
+}
+
+/// How a record went, as far as a [`DeliveryHandle`] can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Fate {
+    /// Still on its way.
+    Pending = 0,
+    Delivered = 1,
+    Rejected = 2,
+    Failed = 3,
+    /// Nobody tracks it (a detached token): it counts as delivered.
+    Untracked = 4,
+}
+
+impl Fate {
+    fn of(outcome: &Outcome) -> Fate {
+        match outcome {
+            Outcome::Delivered { .. } => Fate::Delivered,
+            Outcome::Rejected { .. } => Fate::Rejected,
+            Outcome::Failed { .. } => Fate::Failed,
+        }
+    }
+
+    fn from_u8(v: u8) -> Fate {
+        match v {
+            1 => Fate::Delivered,
+            2 => Fate::Rejected,
+            3 => Fate::Failed,
+            4 => Fate::Untracked,
+            _ => Fate::Pending,
         }
     }
 }
@@ -425,9 +534,36 @@ impl Delivery {
     }
 
     /// A handle that lets a later duplicate join this record's fate while the record is still on its way
-    /// (see [`DeliveryHandle::absorb`]), without holding the record's delivery open.
+    /// (see [`DeliveryHandle::absorb`]), and tells how it went afterwards ([`DeliveryHandle::fate`]),
+    /// without holding the record's delivery open.
     pub fn handle(&self) -> DeliveryHandle {
-        DeliveryHandle(self.shared.as_ref().map(Arc::downgrade))
+        let Some(shared) = &self.shared else {
+            return DeliveryHandle::default();
+        };
+        let mut fate = None;
+        self.with_state(|s| {
+            fate = Some(
+                s.fate
+                    .get_or_insert_with(|| Arc::new(AtomicU8::new(Fate::Pending as u8)))
+                    .clone(),
+            );
+        });
+        DeliveryHandle {
+            shared: Some(Arc::downgrade(shared)),
+            fate,
+        }
+    }
+
+    /// Calls `f` with the outcome once the record is settled. Returns false (and never calls `f`) for
+    /// a detached token, whose outcome nobody learns.
+    pub fn on_settle(&self, f: impl FnOnce(&Outcome) + Send + 'static) -> bool {
+        let mut f = Some(f);
+        self.with_state(|s| {
+            if let Some(f) = f.take() {
+                s.watchers.push(Box::new(f));
+            }
+        });
+        f.is_none()
     }
 
     /// Whether a source waits for this token.
@@ -438,14 +574,38 @@ impl Delivery {
 
 /// A weak reference to a record's delivery, kept by a dedupe stage after the record moved on.
 #[derive(Debug, Clone, Default)]
-pub struct DeliveryHandle(Option<std::sync::Weak<Shared>>);
+pub struct DeliveryHandle {
+    shared: Option<std::sync::Weak<Shared>>,
+    fate: Option<Arc<AtomicU8>>,
+}
 
 impl DeliveryHandle {
+    /// How the record went so far: [`Fate::Untracked`] for a detached token.
+    pub fn fate(&self) -> Fate {
+        match &self.fate {
+            Some(fate) => Fate::from_u8(fate.load(Ordering::Acquire)),
+            None => Fate::Untracked,
+        }
+    }
+
+    /// The fate of a record whose delivery is gone: it is being written in the last part's drop,
+    /// which takes a moment after the last strong reference went away.
+    fn settled_fate(&self) -> Fate {
+        for _ in 0..10_000 {
+            match self.fate() {
+                Fate::Pending => std::thread::yield_now(),
+                fate => return fate,
+            }
+        }
+        self.fate()
+    }
+
     /// If the record is still on its way, `other` shares its fate (as with [`Delivery::absorb`]).
-    /// If it has been settled already, `other` is settled as delivered. (A handle does not remember how
-    /// the first copy went: a duplicate of a first copy that failed is settled as delivered too.)
+    /// If it has been settled already, `other` is settled the same way: delivered after a delivered or
+    /// rejected first copy, failed after a failed one (a dedupe stage lets such a copy through instead,
+    /// see [`DeliveryHandle::fate`]).
     pub fn absorb(&self, other: Delivery) {
-        match self.0.as_ref().and_then(std::sync::Weak::upgrade) {
+        match self.shared.as_ref().and_then(std::sync::Weak::upgrade) {
             Some(shared) => {
                 let mut guard = match shared.state.lock() {
                     Ok(g) => g,
@@ -453,7 +613,10 @@ impl DeliveryHandle {
                 };
                 guard.followers.push(other);
             }
-            None => other.delivered(),
+            None => match self.settled_fate() {
+                Fate::Failed => other.failed("the first copy failed"),
+                _ => other.delivered(),
+            },
         }
     }
 }

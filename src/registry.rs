@@ -15,6 +15,11 @@
 //! rlc = "000000"              # rolling code to start from
 //! [devices.fields]            # anything else, added to records by the enrich stage
 //! room = "221"
+//!
+//! [[devices]]
+//! serial = "282C024156AF"     # an Efento sensor (12 hex digits); or id = "..." for any other device
+//! friendly_id = "Cold room 3"
+//! location = "Warehouse B"
 //! ```
 
 use std::collections::HashMap;
@@ -32,8 +37,10 @@ use crate::codecs::enocean::{eep, id_hex, parse_id};
 /// One onboarded device.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Device {
+    /// The EnOcean sender id; 0 for a device listed by `serial` or `id` (not an EnOcean device).
     pub eurid: u32,
-    /// `eurid` as 8 lowercase hex digits, the way documents print it.
+    /// How records name the device: `eurid` as 8 lowercase hex digits (the way documents print it),
+    /// an Efento serial in uppercase hex, or the `id` as written.
     pub id: String,
     /// The profile, normalised to lowercase `rr-ff-tt`, as written (it may be one no decoder knows).
     pub eep: Option<String>,
@@ -54,8 +61,65 @@ pub struct Security {
     pub rlc: u32,
 }
 
-/// The devices of one registry file at one moment.
-pub type Devices = HashMap<u32, Arc<Device>>;
+/// The devices of one registry file at one moment: EnOcean devices by sender id, every device by
+/// the id records carry (`record.device`).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Devices {
+    eurids: HashMap<u32, Arc<Device>>,
+    ids: HashMap<String, Arc<Device>>,
+}
+
+impl Devices {
+    /// The EnOcean device with this sender id.
+    pub fn get(&self, eurid: &u32) -> Option<&Arc<Device>> {
+        self.eurids.get(eurid)
+    }
+
+    pub fn contains_key(&self, eurid: &u32) -> bool {
+        self.eurids.contains_key(eurid)
+    }
+
+    /// The device a record names, whatever its kind; ids match without regard to case.
+    pub fn lookup(&self, id: &str) -> Option<&Arc<Device>> {
+        if let Some(d) = self.ids.get(id) {
+            return Some(d);
+        }
+        self.ids.get(&id.to_ascii_lowercase())
+    }
+
+    /// How many devices are listed.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Adds a device; false if its id is taken.
+    pub fn insert(&mut self, device: Device) -> bool {
+        let key = device.id.to_ascii_lowercase();
+        if self.ids.contains_key(&key) {
+            return false;
+        }
+        let device = Arc::new(device);
+        if device.eurid != 0 || parse_id(&device.id) == Some(0) {
+            self.eurids.insert(device.eurid, device.clone());
+        }
+        self.ids.insert(key, device);
+        true
+    }
+}
+
+impl From<HashMap<u32, Arc<Device>>> for Devices {
+    fn from(map: HashMap<u32, Arc<Device>>) -> Self {
+        let mut devices = Devices::default();
+        for device in map.into_values() {
+            devices.insert(Device::clone(&device));
+        }
+        devices
+    }
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,8 +131,14 @@ struct RegistryFile {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DeviceEntry {
-    #[serde(alias = "sourceEurid", alias = "source_eurid")]
-    eurid: String,
+    #[serde(default, alias = "sourceEurid", alias = "source_eurid")]
+    eurid: Option<String>,
+    /// An Efento sensor's serial number (12 hex digits).
+    #[serde(default)]
+    serial: Option<String>,
+    /// Any other device, by the id its records carry.
+    #[serde(default)]
+    id: Option<String>,
     #[serde(default)]
     eep: Option<String>,
     #[serde(default, alias = "friendlyID", alias = "friendlyId")]
@@ -137,15 +207,43 @@ pub fn parse(path: &str, text: &str) -> Result<(Devices, Vec<Warning>), Registry
         message,
     };
     let file: RegistryFile = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
-    let mut devices = HashMap::with_capacity(file.devices.len());
+    let mut devices = Devices::default();
     let mut warnings = Vec::new();
     for (index, entry) in file.devices.into_iter().enumerate() {
-        let at = format!("devices[{index}] (eurid \"{}\")", entry.eurid);
-        let eurid = parse_id(&entry.eurid).ok_or_else(|| {
-            invalid(format!(
-                "{at}: eurid must be 8 hex digits such as \"04138bb4\""
-            ))
-        })?;
+        let (at, eurid, id) = match (&entry.eurid, &entry.serial, &entry.id) {
+            (Some(text), None, None) => {
+                let at = format!("devices[{index}] (eurid \"{text}\")");
+                let eurid = parse_id(text).ok_or_else(|| {
+                    invalid(format!(
+                        "{at}: eurid must be 8 hex digits such as \"04138bb4\""
+                    ))
+                })?;
+                (at, eurid, id_hex(eurid))
+            }
+            (None, Some(text), None) => {
+                let at = format!("devices[{index}] (serial \"{text}\")");
+                let digits: String = text.chars().filter(|c| *c != ':' && *c != '-').collect();
+                if digits.len() != 12 || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+                    return Err(invalid(format!(
+                        "{at}: serial must be 12 hex digits such as \"282C024156AF\""
+                    )));
+                }
+                (at, 0, digits.to_ascii_uppercase())
+            }
+            (None, None, Some(text)) if !text.is_empty() => {
+                (format!("devices[{index}] (id \"{text}\")"), 0, text.clone())
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "devices[{index}]: give exactly one of eurid (EnOcean, \"04138bb4\"), serial (Efento, \"282C024156AF\") or id (any other device)"
+                )));
+            }
+        };
+        if eurid == 0 && (entry.eep.is_some() || entry.key.is_some()) {
+            return Err(invalid(format!(
+                "{at}: eep and key apply to EnOcean devices only (listed by eurid)"
+            )));
+        }
         let eep = match &entry.eep {
             None => None,
             Some(text) => {
@@ -196,7 +294,7 @@ pub fn parse(path: &str, text: &str) -> Result<(Devices, Vec<Warning>), Registry
         };
         let device = Device {
             eurid,
-            id: id_hex(eurid),
+            id,
             eep,
             friendly_id: entry.friendly_id,
             location: entry.location,
@@ -204,10 +302,10 @@ pub fn parse(path: &str, text: &str) -> Result<(Devices, Vec<Warning>), Registry
             security,
             fields: entry.fields,
         };
-        if devices.insert(eurid, Arc::new(device)).is_some() {
+        let shown = device.id.clone();
+        if !devices.insert(device) {
             return Err(invalid(format!(
-                "{at}: eurid {} is listed twice; keep one entry per device",
-                id_hex(eurid)
+                "{at}: device {shown} is listed twice; keep one entry per device"
             )));
         }
     }
@@ -234,24 +332,35 @@ impl Registry {
     pub fn empty() -> Arc<Registry> {
         Arc::new(Registry {
             path: None,
-            devices: RwLock::new(Arc::new(HashMap::new())),
+            devices: RwLock::new(Arc::new(Devices::default())),
             generation: AtomicU64::new(0),
             stamp: RwLock::new(None),
         })
     }
 
     /// A registry holding `devices`, with no file behind it (tests, the CLI).
-    pub fn from_devices(devices: Devices) -> Arc<Registry> {
+    pub fn from_devices(devices: impl Into<Devices>) -> Arc<Registry> {
         let registry = Registry::empty();
-        *registry.devices.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(devices);
+        *registry.devices.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(devices.into());
         registry
+    }
+
+    /// A registry for `path` that has not loaded it (the file is missing or broken): it holds no devices
+    /// until [`Registry::watch`] or [`Registry::reload_if_changed`] finds a good version.
+    pub fn open_lazy(path: &Path) -> Arc<Registry> {
+        Arc::new(Registry {
+            path: Some(path.to_path_buf()),
+            devices: RwLock::new(Arc::new(Devices::default())),
+            generation: AtomicU64::new(0),
+            stamp: RwLock::new(None),
+        })
     }
 
     /// Loads the file; fails if it cannot be read or parsed. Warnings are logged.
     pub fn open(path: &Path) -> Result<Arc<Registry>, RegistryError> {
         let registry = Arc::new(Registry {
             path: Some(path.to_path_buf()),
-            devices: RwLock::new(Arc::new(HashMap::new())),
+            devices: RwLock::new(Arc::new(Devices::default())),
             generation: AtomicU64::new(0),
             stamp: RwLock::new(None),
         });
@@ -377,10 +486,10 @@ room = "221"
     fn a_registry_file_loads_with_normalised_eeps_and_keys() {
         let (devices, warnings) = parse("devices.toml", FILE).unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
-        let multi = &devices[&0x04138bb4];
+        let multi = devices.get(&0x04138bb4).unwrap();
         assert_eq!(multi.eep.as_deref(), Some("d2-14-41"));
         assert_eq!(multi.id, "04138bb4");
-        let secure = &devices[&0x01020304];
+        let secure = devices.get(&0x01020304).unwrap();
         let security = secure.security.as_ref().unwrap();
         assert_eq!(security.rlc, 0xc0ffee);
         assert_eq!(security.slf, Slf(0x8b));

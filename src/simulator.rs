@@ -915,7 +915,10 @@ mod tests {
         assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!(devices.len(), 50);
         for d in population.devices() {
-            assert_eq!(devices[&d.eurid].eep.as_deref(), Some(d.profile.eep()));
+            assert_eq!(
+                devices.get(&d.eurid).unwrap().eep.as_deref(),
+                Some(d.profile.eep())
+            );
         }
     }
 

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{FlowConfig, PipelineConfig, SinkKind, SourceKind};
 use crate::downlink::Downlinks;
 use crate::metrics::{self, Counter};
-use crate::record::{Kind, Record};
+use crate::record::{DeadLetterRoute, Kind, Record};
 use crate::sinks::jsonl::JsonLinesSink;
 use crate::sinks::parquet::ParquetSink;
 use crate::sources::coap::CoapSource;
@@ -69,7 +69,7 @@ impl Pipeline {
                     .or_default()
                     .push(tx.clone());
             }
-            let runner = FlowRunner::new(flow, &sink_senders);
+            let runner = FlowRunner::new(flow, &sink_senders)?;
             flows.push((
                 format!("flow `{}`", flow.name),
                 spawn_component(&flow.name, &shutdown, runner.run(rx)),
@@ -213,12 +213,17 @@ struct Router {
     name: Arc<str>,
     to: Vec<(String, mpsc::Sender<Record>)>,
     dead_letter: Option<mpsc::Sender<Record>>,
+    /// The dead-letter sink as records carry it to the `to` sinks, for what those refuse.
+    refusals: Option<Arc<DeadLetterRoute>>,
     rejected_without_dead_letter: Counter,
     dead_lettered: Counter,
 }
 
 impl FlowRunner {
-    fn new(flow: &FlowConfig, sinks: &BTreeMap<String, mpsc::Sender<Record>>) -> Self {
+    fn new(
+        flow: &FlowConfig,
+        sinks: &BTreeMap<String, mpsc::Sender<Record>>,
+    ) -> anyhow::Result<Self> {
         let to = flow
             .to
             .iter()
@@ -231,10 +236,18 @@ impl FlowRunner {
         if dead_letter.is_none() {
             tracing::warn!(flow = %flow.name, "flow has no dead_letter sink: rejected records are only logged and counted");
         }
+        let name: Arc<str> = flow.name.as_str().into();
+        let refusals = dead_letter.as_ref().map(|tx| {
+            Arc::new(DeadLetterRoute {
+                flow: name.clone(),
+                tx: tx.clone(),
+            })
+        });
         let router = Router {
-            name: flow.name.as_str().into(),
+            name,
             to,
             dead_letter,
+            refusals,
             rejected_without_dead_letter: metrics::counter(
                 "component_discarded_events_total",
                 &[
@@ -244,11 +257,11 @@ impl FlowRunner {
             ),
             dead_lettered: metrics::counter("dead_lettered_records_total", &[("flow", &flow.name)]),
         };
-        FlowRunner {
-            stages: stages::build(&flow.name, &flow.stages),
+        Ok(FlowRunner {
+            stages: stages::build(&flow.name, &flow.stages)?,
             router,
             scratch: Vec::new(),
-        }
+        })
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Record>) -> anyhow::Result<()> {
@@ -265,11 +278,7 @@ impl FlowRunner {
             if received == 0 {
                 break;
             }
-            let mut one = Vec::with_capacity(4);
-            for record in batch.drain(..) {
-                one.push(record);
-                self.run_stages(0, &mut one).await;
-            }
+            self.run_stages(0, &mut batch).await;
             // Under a steady stream the receive branch is always ready: timers must not starve.
             if self.next_deadline().is_some_and(|d| d <= Instant::now()) {
                 self.fire_timers(false).await;
@@ -305,6 +314,9 @@ impl FlowRunner {
     async fn run_stages(&mut self, first: usize, current: &mut Vec<Record>) {
         let mut next = std::mem::take(&mut self.scratch);
         for stage in self.stages[first..].iter_mut() {
+            if let Some(prepare) = stage.prepare(current) {
+                prepare.await;
+            }
             for r in current.drain(..) {
                 if r.kind == Kind::DeadLetter {
                     next.push(r);
@@ -328,7 +340,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 impl Router {
-    async fn route(&self, record: Record) {
+    async fn route(&self, mut record: Record) {
         if record.kind == Kind::DeadLetter {
             self.dead_lettered.inc();
             match &self.dead_letter {
@@ -348,6 +360,7 @@ impl Router {
             record.delivery.delivered();
             return;
         };
+        record.dead_letter.clone_from(&self.refusals);
         for (_, tx) in rest {
             let _ = tx.send(record.clone()).await;
         }

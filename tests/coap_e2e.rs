@@ -94,45 +94,6 @@ fn python_on_lake(python: &Path, script: &str, lake: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// Runs coap-client-notls and returns (code, payload) of the answer, e.g. ("2.01", bytes).
-fn coap_client(
-    method: &str,
-    uri: &str,
-    payload: Option<&[u8]>,
-    dir: &Path,
-) -> Option<(String, Vec<u8>)> {
-    let client = peer("coap-client-notls")?;
-    let out_file = dir.join(format!("answer-{}.bin", rand_suffix()));
-    let mut cmd = Command::new(client);
-    cmd.args(["-m", method, "-v", "7", "-B", "5", "-o"])
-        .arg(&out_file);
-    if let Some(p) = payload {
-        let in_file = dir.join(format!("request-{}.bin", rand_suffix()));
-        std::fs::write(&in_file, p).unwrap();
-        cmd.arg("-f").arg(&in_file);
-    }
-    cmd.arg(uri);
-    let output = cmd.output().expect("run coap-client-notls");
-    let text = String::from_utf8_lossy(&output.stdout).to_string()
-        + &String::from_utf8_lossy(&output.stderr);
-    // coap-client exits 0 whatever the code; its log line of the answer reads "v:1 t:ACK c:2.01 i:..."
-    let code = text
-        .lines()
-        .find(|l| l.contains("t:ACK c:"))
-        .and_then(|l| l.split("c:").nth(1))
-        .and_then(|c| c.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no ACK from the server; coap-client said:\n{text}"))
-        .to_string();
-    let payload = std::fs::read(&out_file).unwrap_or_default();
-    Some((code, payload))
-}
-
-fn rand_suffix() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    N.fetch_add(1, Ordering::Relaxed)
-}
-
 #[test]
 fn seed_frame_from_coap_client_gets_201_with_current_time_and_25_rows_in_parquet() {
     let Some(_) = peer("coap-client-notls") else {

@@ -26,6 +26,8 @@ use crate::sources::coap::CoapConfig;
 use crate::sources::esp3_websocket::Esp3WebsocketConfig;
 use crate::stages::decode::DecodeConfig;
 use crate::stages::dedupe::DedupeConfig;
+use crate::stages::enrich::EnrichConfig;
+use crate::stages::validate::ValidateConfig;
 
 /// Default capacity of the bounded queue in front of a flow or a sink.
 pub const DEFAULT_QUEUE: usize = 16_384;
@@ -90,6 +92,10 @@ pub enum StageConfig {
     Decode(DecodeConfig),
     /// `{ type = "dedupe", key = "esp3", window = "2s", merge = "100ms" }`
     Dedupe(DedupeConfig),
+    /// `{ type = "enrich", registry = "devices.toml", target = "meta" }`
+    Enrich(EnrichConfig),
+    /// `{ type = "validate", schema = "schemas/efento-measurements.schema.json" }`
+    Validate(ValidateConfig),
 }
 
 impl SourceKind {
@@ -112,7 +118,7 @@ impl SinkKind {
 
 const SOURCE_TYPES: &[&str] = &["coap", "esp3_websocket"];
 const SINK_TYPES: &[&str] = &["parquet", "json_lines"];
-const STAGE_TYPES: &[&str] = &["decode", "dedupe"];
+const STAGE_TYPES: &[&str] = &["decode", "dedupe", "enrich", "validate"];
 const TOP_KEYS: &[&str] = &["sources", "sinks", "flows"];
 const FLOW_KEYS: &[&str] = &["name", "from", "stages", "to", "dead_letter", "queue"];
 
@@ -786,6 +792,21 @@ impl<'a> Loader<'a> {
                     self.error(span.clone(), format!("{what} `dedupe`: {problem}"), None);
                 }
                 Some(StageConfig::Dedupe(config))
+            }
+            "enrich" => {
+                let config: EnrichConfig = self.deserialize(&format!("{what} `enrich`"), table)?;
+                for problem in config.problems() {
+                    self.error(span.clone(), format!("{what} `enrich`: {problem}"), None);
+                }
+                Some(StageConfig::Enrich(config))
+            }
+            "validate" => {
+                let config: ValidateConfig =
+                    self.deserialize(&format!("{what} `validate`"), table)?;
+                for problem in config.problems() {
+                    self.error(span.clone(), format!("{what} `validate`: {problem}"), None);
+                }
+                Some(StageConfig::Validate(config))
             }
             _ => None,
         }

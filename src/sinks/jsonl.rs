@@ -33,6 +33,10 @@ pub struct JsonLinesConfig {
     /// for stdout.
     #[serde(default = "default_fsync")]
     pub fsync: bool,
+    /// The longest document (in bytes, without the newline) this sink takes. A longer one is refused
+    /// for good: it goes to its flow's dead-letter sink with the reason instead. Unset: no limit.
+    #[serde(default)]
+    pub max_record_bytes: Option<usize>,
 }
 
 fn default_fsync() -> bool {
@@ -62,6 +66,7 @@ impl JsonLinesSink {
             name: name.into(),
             target,
             fsync: config.fsync,
+            max_record_bytes: config.max_record_bytes,
             buffer: Vec::new(),
             counters: SinkCounters::new(name, "write"),
         };
@@ -108,6 +113,7 @@ struct LineWriter {
     name: Arc<str>,
     target: Target,
     fsync: bool,
+    max_record_bytes: Option<usize>,
     buffer: Vec<u8>,
     counters: SinkCounters,
 }
@@ -116,8 +122,13 @@ impl LineWriter {
     /// Writes and flushes the group, settles every record, and hands back the emptied vector.
     fn write_group(&mut self, mut records: Vec<Record>) -> Vec<Record> {
         self.buffer.clear();
-        for record in &records {
-            to_json_line(record, &mut self.buffer);
+        match self.max_record_bytes {
+            None => {
+                for record in &records {
+                    to_json_line(record, &mut self.buffer);
+                }
+            }
+            Some(max) => self.refuse_oversized(&mut records, max),
         }
         match self.write_buffer() {
             Ok(()) => {
@@ -137,6 +148,25 @@ impl LineWriter {
             self.buffer = Vec::new();
         }
         records
+    }
+
+    /// Writes the lines of `records` that fit `max` and refuses the others (removing them).
+    fn refuse_oversized(&mut self, records: &mut Vec<Record>, max: usize) {
+        let mut index = 0;
+        while index < records.len() {
+            let start = self.buffer.len();
+            to_json_line(&records[index], &mut self.buffer);
+            let len = self.buffer.len() - start - 1;
+            if len <= max {
+                index += 1;
+                continue;
+            }
+            self.buffer.truncate(start);
+            let record = records.remove(index);
+            let reason =
+                format!("document is {len} bytes, over this sink's max_record_bytes ({max})");
+            record.refuse(&self.name, &reason);
+        }
     }
 
     fn write_buffer(&mut self) -> io::Result<()> {
@@ -231,6 +261,7 @@ mod tests {
         let config = JsonLinesConfig {
             path: path.to_str().unwrap().into(),
             fsync: true,
+            max_record_bytes: None,
         };
         let sink = JsonLinesSink::new("jsonl-lines", &config).unwrap();
         let (tx, rx) = mpsc::channel(16);
@@ -286,6 +317,7 @@ mod tests {
         let config = JsonLinesConfig {
             path: "/dev/full".into(),
             fsync: false,
+            max_record_bytes: None,
         };
         let sink = JsonLinesSink::new("jsonl-full", &config).unwrap();
         let errors = crate::metrics::counter(
@@ -322,6 +354,7 @@ mod tests {
         let config = JsonLinesConfig {
             path: path.to_str().unwrap().into(),
             fsync: false,
+            max_record_bytes: None,
         };
         let error = JsonLinesSink::new("jsonl-bad", &config)
             .err()
@@ -340,6 +373,7 @@ mod tests {
         let config = JsonLinesConfig {
             path: path.to_str().unwrap().into(),
             fsync: false,
+            max_record_bytes: None,
         };
         let sink = JsonLinesSink::new("jsonl-torn", &config).unwrap();
         let (tx, rx) = mpsc::channel(4);

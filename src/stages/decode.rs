@@ -118,7 +118,7 @@ impl DecodeStage {
                         // `validate` reports this before a run; here the flow still runs, every
                         // sender unknown, until the file is fixed and reloaded.
                         tracing::error!(flow, error = %e, "device registry not loaded; every telegram counts as from an unknown device until it is fixed");
-                        Registry::empty()
+                        Registry::open_lazy(path)
                     }
                 },
                 None => Registry::empty(),

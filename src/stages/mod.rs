@@ -4,16 +4,30 @@
 
 pub mod decode;
 pub mod dedupe;
+pub mod enrich;
+pub mod validate;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Instant;
 
 use crate::config::StageConfig;
 use crate::record::Record;
 
+/// The work a stage does before a batch (see [`Stage::prepare`]).
+pub type Prepare<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
 /// One step of a flow.
 pub trait Stage: Send {
     /// The stage's name in dead letters, logs and metrics.
     fn name(&self) -> &'static str;
+    /// The one exception to "no I/O": a stage that must ask an outside store about its records (a
+    /// dedupe store shared by several instances) does so here, once for a whole batch, before
+    /// `process` sees the batch's records one by one. `None`: nothing to ask.
+    fn prepare<'a>(&'a mut self, batch: &'a [Record]) -> Option<Prepare<'a>> {
+        let _ = batch;
+        None
+    }
     /// Takes one record and pushes what comes out of it (0 for a drop, many for a split). A stage that
     /// drops a record on purpose (a duplicate) settles it with `record.delivery.delivered()`; one dropped
     /// unsettled counts as failed, and its source answers "not stored".
@@ -29,13 +43,25 @@ pub trait Stage: Send {
     }
 }
 
-/// Builds the stages of a flow from its config, in order.
-pub fn build(flow: &str, stages: &[StageConfig]) -> Vec<Box<dyn Stage>> {
+/// Builds the stages of a flow from its config, in order. Fails, naming the stage, if one cannot
+/// work at all (a schema that does not compile). Must run inside a tokio runtime when a stage talks
+/// to an outside store (a dedupe stage with `backend = "redis"`).
+pub fn build(flow: &str, stages: &[StageConfig]) -> anyhow::Result<Vec<Box<dyn Stage>>> {
     stages
         .iter()
-        .map(|s| match s {
-            StageConfig::Decode(c) => Box::new(decode::DecodeStage::new(flow, c)) as Box<dyn Stage>,
-            StageConfig::Dedupe(c) => Box::new(dedupe::DedupeStage::new(flow, c)),
+        .enumerate()
+        .map(|(index, s)| {
+            Ok(match s {
+                StageConfig::Decode(c) => {
+                    Box::new(decode::DecodeStage::new(flow, c)) as Box<dyn Stage>
+                }
+                StageConfig::Dedupe(c) => Box::new(dedupe::DedupeStage::new(flow, c)),
+                StageConfig::Enrich(c) => Box::new(enrich::EnrichStage::new(flow, c)),
+                StageConfig::Validate(c) => Box::new(
+                    validate::ValidateStage::new(flow, c)
+                        .map_err(|e| anyhow::anyhow!("flow `{flow}`, stage {}: {e}", index + 1))?,
+                ),
+            })
         })
         .collect()
 }

@@ -160,11 +160,19 @@ impl Running {
 
     pub fn start_in(dir: tempfile::TempDir, extra_coap: &str, commit_interval: &str) -> Running {
         let port = free_udp_port();
-        std::fs::write(
-            dir.path().join("pipeline.toml"),
-            pipeline_toml(port, extra_coap, commit_interval),
-        )
-        .unwrap();
+        let toml = pipeline_toml(port, extra_coap, commit_interval);
+        Self::start_toml(dir, port, &toml)
+    }
+
+    /// Starts a pipeline of one's own: `@PORT@` in `template` becomes the CoAP source's free port.
+    pub fn start_pipeline(dir: tempfile::TempDir, template: &str) -> Running {
+        let port = free_udp_port();
+        let toml = template.replace("@PORT@", &port.to_string());
+        Self::start_toml(dir, port, &toml)
+    }
+
+    fn start_toml(dir: tempfile::TempDir, port: u16, toml: &str) -> Running {
+        std::fs::write(dir.path().join("pipeline.toml"), toml).unwrap();
         let (child, log) = spawn_run(dir.path());
         let coap: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let running = Running {
@@ -411,5 +419,68 @@ pub fn assert_matches(
             }
         }
         (e, a) => assert_eq!(e, a, "{path}"),
+    }
+}
+
+/// Runs coap-client-notls and returns (code, payload) of the answer, e.g. ("2.01", bytes).
+pub fn coap_client(
+    method: &str,
+    uri: &str,
+    payload: Option<&[u8]>,
+    dir: &Path,
+) -> Option<(String, Vec<u8>)> {
+    let client = peer("coap-client-notls")?;
+    let out_file = dir.join(format!("answer-{}.bin", rand_suffix()));
+    let mut cmd = Command::new(client);
+    cmd.args(["-m", method, "-v", "7", "-B", "5", "-o"])
+        .arg(&out_file);
+    if let Some(p) = payload {
+        let in_file = dir.join(format!("request-{}.bin", rand_suffix()));
+        std::fs::write(&in_file, p).unwrap();
+        cmd.arg("-f").arg(&in_file);
+    }
+    cmd.arg(uri);
+    let output = cmd.output().expect("run coap-client-notls");
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    // coap-client exits 0 whatever the code; its log line of the answer reads "v:1 t:ACK c:2.01 i:..."
+    let code = text
+        .lines()
+        .find(|l| l.contains("t:ACK c:"))
+        .and_then(|l| l.split("c:").nth(1))
+        .and_then(|c| c.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no ACK from the server; coap-client said:\n{text}"))
+        .to_string();
+    let payload = std::fs::read(&out_file).unwrap_or_default();
+    Some((code, payload))
+}
+
+pub fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The JSON documents of a JSON lines file (none if it does not exist yet).
+pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// Polls `check` until it holds or `timeout` passes; returns whether it held.
+pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

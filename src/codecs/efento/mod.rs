@@ -280,3 +280,27 @@ pub fn response_to_json(payload: &[u8]) -> Result<Value, DecodeError> {
 
 #[cfg(test)]
 mod tests;
+
+/// A key for "the same data sent again" (a sensor retrying with a new CoAP message id): for a
+/// measurements frame the serial plus, per channel, its type, first timestamp and number of samples
+/// (fact sheet sections 3.1–3.2), so a later frame that adds samples is not mistaken for a copy; for
+/// the other messages the payload itself. Stable across processes ([`crate::codecs::Fnv1a`]). `None`
+/// when the frame does not parse (decode then rejects it with the reason).
+pub fn dedupe_key(message: Message, payload: &[u8]) -> Option<u64> {
+    use prost::Message as _;
+    let mut h = crate::codecs::Fnv1a::new();
+    h.write(message.proto_name().as_bytes());
+    match message {
+        Message::Measurements => {
+            let frame = proto::ProtoMeasurements::decode(payload).ok()?;
+            h.write(&frame.serial_number);
+            for ch in &frame.channels {
+                h.write(&ch.r#type.to_be_bytes());
+                h.write(&ch.timestamp.to_be_bytes());
+                h.write(&(ch.sample_offsets.len() as u64).to_be_bytes());
+            }
+        }
+        Message::DeviceInfo | Message::Configuration => h.write(payload),
+    }
+    Some(h.finish())
+}

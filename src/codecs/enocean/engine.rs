@@ -895,7 +895,7 @@ mod tests {
             device(0x01020304, Some("a5-02-05"), true),
         ]
         .into_iter()
-        .collect();
+        .collect::<std::collections::HashMap<_, _>>();
         Engine::new(Registry::from_devices(devices), EngineOptions::default())
     }
 

@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 use super::esp3::{Packet, packet_type};
+use crate::codecs::Fnv1a;
 
 /// RORG values this module and its neighbours name (fact sheet §2, RORG table).
 pub mod rorg {
@@ -398,20 +399,6 @@ impl Telegram {
     }
 }
 
-/// FNV-1a, 64 bit: small, allocation-free and the same in every process and build.
-struct Fnv1a(u64);
-
-impl Fnv1a {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(Self::PRIME);
-        }
-    }
-}
-
 /// A key for the same radio telegram heard by several gateways: a 64-bit FNV-1a hash of what every
 /// gateway hears identically (fact sheet §1/§2): packet type, RORG, payload, sender, STATUS without
 /// the repeater-count bits 3..0, and a destination carried on air (ADT or ERP2 header). Sub-telegram
@@ -422,7 +409,7 @@ impl Fnv1a {
 /// builds of this version; a later version may change what goes into the key.
 pub fn content_key(packet: &Packet<'_>) -> Option<u64> {
     let view = parse_view(packet).ok()?;
-    let mut h = Fnv1a(Fnv1a::OFFSET);
+    let mut h = Fnv1a::new();
     h.write(&[view.packet_type, view.rorg, u8::from(view.adt)]);
     // The length keeps payload and sender apart in the byte stream.
     h.write(
@@ -440,7 +427,7 @@ pub fn content_key(packet: &Packet<'_>) -> Option<u64> {
         }
         None => h.write(&[0]),
     }
-    Some(h.0)
+    Some(h.finish())
 }
 
 /// The RSSI (negative dBm) from a radio packet's optional data (fact sheet §1: ERP1 byte 5, ERP2

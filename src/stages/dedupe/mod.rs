@@ -7,20 +7,31 @@
 //!
 //! Memory is bounded: at most `max_entries` keys are remembered, the oldest forgotten first, and keys
 //! older than the window are forgotten as records pass.
+//!
+//! A duplicate is settled the way its first copy is: delivered once the first copy is stored (so a
+//! retrying Efento sensor hears 2.01 for data already stored), failed if it failed. A copy arriving
+//! after its first copy FAILED is not a duplicate: it is let through as the new first copy, since
+//! nothing of it was stored.
+//!
+//! With `backend = "redis"` several instances share what they have seen (see [`redis`]).
+
+pub mod redis;
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::Stage;
+use self::redis::{Answer, RedisConfig, RedisStore};
+use super::{Prepare, Stage};
+use crate::codecs::Fnv1a;
+use crate::codecs::efento;
 use crate::codecs::enocean::{esp3, telegram};
 use crate::config::HumanDuration;
 use crate::metrics::{self, Counter};
-use crate::record::{DeliveryHandle, Reception, Record};
+use crate::record::{DeliveryHandle, Fate, Kind, Reception, Record};
 
 /// `{ type = "dedupe", key = "esp3", window = "2s", merge = "100ms" }`
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -28,8 +39,10 @@ use crate::record::{DeliveryHandle, Reception, Record};
 pub struct DedupeConfig {
     /// What makes two records the same item. `"esp3"`: the EnOcean radio telegram in an ESP3 frame
     /// (RORG, data, sender, status without the repeater bits), whichever gateway relayed it and however
-    /// well; or a template over the record such as `"{device}:{body.measured_at}"`, with the fields
-    /// `{device}`, `{source}`, `{gateway}`, `{path}`, `{kind}`, `{raw}` (hex) and `{body.a.b}`.
+    /// well. `"efento"`: an Efento frame's serial and its channels' timestamps and sample counts (a
+    /// retry with a new CoAP message id is the same item). Or a template over the record such as
+    /// `"{device}:{body.measured_at}"`, with the fields `{device}`, `{source}`, `{gateway}`, `{path}`,
+    /// `{kind}`, `{raw}` and `{body.a.b}`.
     pub key: String,
     /// How long a key is remembered: a copy within this time of the first is a duplicate.
     #[serde(default = "default_window")]
@@ -42,6 +55,22 @@ pub struct DedupeConfig {
     /// folded into it. `"0s"` (the default) passes the first copy on at once.
     #[serde(default = "default_merge")]
     pub merge: HumanDuration,
+    /// Where seen keys are kept: `"memory"` (the default, this process only) or `"redis"` (shared by
+    /// every instance using the same Redis and key prefix; configure it under `redis`).
+    #[serde(default)]
+    pub backend: Backend,
+    /// The Redis store, for `backend = "redis"`.
+    #[serde(default)]
+    pub redis: Option<RedisConfig>,
+}
+
+/// Where a dedupe stage keeps what it has seen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    #[default]
+    Memory,
+    Redis,
 }
 
 fn default_window() -> HumanDuration {
@@ -77,6 +106,17 @@ impl DedupeConfig {
                 "max_entries is 0: nothing could be remembered; the default is 1000000".into(),
             );
         }
+        match (self.backend, &self.redis) {
+            (Backend::Redis, None) => out.push(
+                "backend \"redis\" needs redis = { url = \"redis://127.0.0.1:6379\" }".into(),
+            ),
+            (Backend::Redis, Some(redis)) => out.extend(redis.problems()),
+            (Backend::Memory, Some(_)) => out.push(
+                "redis is set but backend is \"memory\"; add backend = \"redis\" or remove redis"
+                    .into(),
+            ),
+            (Backend::Memory, None) => {}
+        }
         out
     }
 }
@@ -85,6 +125,7 @@ impl DedupeConfig {
 #[derive(Debug, Clone, PartialEq)]
 enum KeySpec {
     Esp3,
+    Efento,
     Template(Vec<Part>),
 }
 
@@ -102,8 +143,10 @@ enum Part {
 
 impl KeySpec {
     fn parse(key: &str) -> Result<KeySpec, String> {
-        if key == "esp3" {
-            return Ok(KeySpec::Esp3);
+        match key {
+            "esp3" => return Ok(KeySpec::Esp3),
+            "efento" => return Ok(KeySpec::Efento),
+            _ => {}
         }
         let mut parts = Vec::new();
         let mut rest = key;
@@ -127,7 +170,7 @@ impl KeySpec {
                 }
                 other => {
                     return Err(format!(
-                        "key `{key}`: unknown field `{{{other}}}`; use device, source, gateway, path, kind, raw or body.<field>, or key = \"esp3\""
+                        "key `{key}`: unknown field `{{{other}}}`; use device, source, gateway, path, kind, raw or body.<field>, or key = \"esp3\" or \"efento\""
                     ));
                 }
             });
@@ -151,17 +194,26 @@ impl KeySpec {
                 let (packet, _) = esp3::parse_packet(&record.raw).ok()?;
                 telegram::content_key(&packet)
             }
+            KeySpec::Efento => {
+                let route = record
+                    .origin
+                    .route
+                    .as_deref()
+                    .or(record.origin.path.as_deref())?;
+                efento::dedupe_key(efento::Message::from_route(route)?, &record.raw)
+            }
             KeySpec::Template(parts) => {
-                let mut h = std::collections::hash_map::DefaultHasher::new();
+                // FNV-1a, so that every instance sharing a store computes the same key.
+                let mut h = Fnv1a::new();
                 for part in parts {
                     match part {
-                        Part::Text(t) => t.hash(&mut h),
-                        Part::Device => record.device.as_deref()?.hash(&mut h),
-                        Part::Source => record.source.hash(&mut h),
-                        Part::Gateway => record.origin.gateway.as_deref()?.hash(&mut h),
-                        Part::Path => record.origin.path.as_deref()?.hash(&mut h),
-                        Part::Kind => record.kind.as_str().hash(&mut h),
-                        Part::Raw => record.raw.hash(&mut h),
+                        Part::Text(t) => h.write(t.as_bytes()),
+                        Part::Device => h.write(record.device.as_deref()?.as_bytes()),
+                        Part::Source => h.write(record.source.as_bytes()),
+                        Part::Gateway => h.write(record.origin.gateway.as_deref()?.as_bytes()),
+                        Part::Path => h.write(record.origin.path.as_deref()?.as_bytes()),
+                        Part::Kind => h.write(record.kind.as_str().as_bytes()),
+                        Part::Raw => h.write(&record.raw),
                         Part::Body(path) => {
                             let mut value = record.body.get(path.first()?)?;
                             for step in &path[1..] {
@@ -169,13 +221,13 @@ impl KeySpec {
                             }
                             match value {
                                 Value::Null => return None,
-                                Value::String(s) => s.hash(&mut h),
-                                other => other.to_string().hash(&mut h),
+                                Value::String(s) => h.write(s.as_bytes()),
+                                other => h.write(other.to_string().as_bytes()),
                             }
                         }
                     }
-                    // A separator, so that ("ab","c") and ("a","bc") differ.
-                    0xffu8.hash(&mut h);
+                    // A separator (never in UTF-8), so that ("ab","c") and ("a","bc") differ.
+                    h.write(&[0xff]);
                 }
                 Some(h.finish())
             }
@@ -205,18 +257,30 @@ pub struct DedupeStage {
     holding: VecDeque<(Instant, u64, Option<Record>)>,
     /// Index of `holding[0]` in the sequence of all held records (so entries can point into it).
     holding_base: usize,
+    /// The shared store, with its answers for the batch being processed.
+    store: Option<RedisStore>,
+    answers: HashMap<u64, Answer>,
     unique: Counter,
     duplicates: Counter,
     unkeyed: Counter,
     evicted: Counter,
+    retried: Counter,
     duplicates_by_gateway: HashMap<Arc<str>, Counter>,
 }
 
 impl DedupeStage {
+    /// Builds the stage. With `backend = "redis"` this must run inside a tokio runtime (the store's
+    /// connection and its update task live there).
     pub fn new(flow: &str, config: &DedupeConfig) -> Self {
         // `sensorgate validate` reports a bad key; an unparsable one here keys on the raw bytes.
         let spec = KeySpec::parse(&config.key).unwrap_or(KeySpec::Template(vec![Part::Raw]));
         let counter = |name: &str| metrics::counter(name, &[("flow", flow)]);
+        let store = match (config.backend, &config.redis) {
+            (Backend::Redis, Some(redis)) => {
+                Some(RedisStore::new(flow, redis, config.window.get()))
+            }
+            _ => None,
+        };
         DedupeStage {
             flow: flow.into(),
             spec,
@@ -227,10 +291,13 @@ impl DedupeStage {
             order: VecDeque::new(),
             holding: VecDeque::new(),
             holding_base: 0,
+            store,
+            answers: HashMap::new(),
             unique: counter("dedupe_unique_total"),
             duplicates: counter("dedupe_duplicates_total"),
             unkeyed: counter("dedupe_unkeyed_total"),
             evicted: counter("dedupe_evicted_total"),
+            retried: counter("dedupe_retried_after_failure_total"),
             duplicates_by_gateway: HashMap::new(),
         }
     }
@@ -254,6 +321,14 @@ impl DedupeStage {
                 })
                 .inc();
         }
+    }
+
+    /// Whether this process can answer for `key` by itself: it remembers the key, and its first copy
+    /// did not fail (a failed first copy must be claimed again).
+    fn known_here(&self, key: u64) -> bool {
+        self.entries
+            .get(&key)
+            .is_some_and(|e| e.held.is_some() || e.handle.fate() != Fate::Failed)
     }
 
     /// Forgets keys older than the window, and the oldest beyond `max_entries`. A key whose first copy
@@ -309,11 +384,125 @@ impl DedupeStage {
             }
         }
     }
+
+    /// A copy of a key this process remembers.
+    fn duplicate(&mut self, key: u64, record: Record) -> Option<Record> {
+        let entry = self.entries.get(&key)?;
+        let held = entry.held;
+        if held.is_none() && entry.handle.fate() == Fate::Failed {
+            // Nothing of the first copy was stored: this copy is the item now.
+            self.retried.inc();
+            return Some(record);
+        }
+        let handle = entry.handle.clone();
+        let gateway = record.origin.gateway.clone();
+        self.count_duplicate(gateway.as_ref());
+        let slot = held
+            .and_then(|index| index.checked_sub(self.holding_base))
+            .and_then(|i| self.holding.get_mut(i))
+            .and_then(|slot| slot.2.as_mut());
+        match slot {
+            Some(first) => {
+                first.origin.receptions.push(Reception {
+                    gateway,
+                    rssi: record.origin.rssi,
+                    received_at: record.received_at,
+                });
+                first.delivery.absorb(record.delivery);
+            }
+            None => handle.absorb(record.delivery),
+        }
+        None
+    }
+
+    /// What the shared store said about a key this process does not know. Returns the record when it
+    /// is a first copy.
+    fn ask_store(&mut self, key: u64, now: Instant, record: Record) -> Option<Record> {
+        let Some(store) = &self.store else {
+            return Some(record);
+        };
+        // A record that reached the stage without a batch lookup (none happens in a flow) is treated as
+        // the store being unreachable.
+        let answer = self
+            .answers
+            .remove(&key)
+            .unwrap_or(Answer::Unavailable("not looked up".into()));
+        match answer {
+            Answer::Claimed => {
+                store.track(key, &record.delivery);
+                Some(record)
+            }
+            Answer::Unavailable(reason) => {
+                if store.fails_when_unavailable() {
+                    record
+                        .delivery
+                        .failed(format!("dedupe store unavailable: {reason}"));
+                    None
+                } else {
+                    Some(record)
+                }
+            }
+            Answer::Stored => {
+                self.count_duplicate(record.origin.gateway.as_ref());
+                record.delivery.delivered();
+                // Remember it here, so the next copies need no round trip.
+                self.entries.insert(
+                    key,
+                    Entry {
+                        first_seen: now,
+                        held: None,
+                        handle: DeliveryHandle::default(),
+                    },
+                );
+                self.order.push_back((now, key));
+                None
+            }
+            Answer::Pending => {
+                self.count_duplicate(record.origin.gateway.as_ref());
+                if record.delivery.is_watched() {
+                    // Another instance is storing the first copy and may yet fail: the sender must
+                    // not hear "stored" before it is. It will send again, and hear it then.
+                    record.delivery.failed(
+                        "the first copy is still being stored by another instance; send again",
+                    );
+                } else {
+                    record.delivery.delivered();
+                }
+                None
+            }
+        }
+    }
 }
 
 impl Stage for DedupeStage {
     fn name(&self) -> &'static str {
         "dedupe"
+    }
+
+    fn prepare<'a>(&'a mut self, batch: &'a [Record]) -> Option<Prepare<'a>> {
+        let store = self.store.as_ref()?;
+        let mut keys: Vec<(u64, bool)> = Vec::new();
+        for record in batch {
+            if record.kind == Kind::DeadLetter {
+                continue;
+            }
+            if let Some(key) = self.spec.key(record)
+                && !self.known_here(key)
+                && !keys.iter().any(|(k, _)| *k == key)
+            {
+                keys.push((key, record.delivery.is_watched()));
+            }
+        }
+        if keys.is_empty() {
+            return None;
+        }
+        let store = store.clone();
+        Some(Box::pin(async move {
+            let answers = store.claim(&keys).await;
+            self.answers.clear();
+            self.answers
+                .extend(keys.iter().map(|(k, _)| *k).zip(answers));
+        }))
     }
 
     fn process(&mut self, record: Record, out: &mut Vec<Record>) {
@@ -324,28 +513,21 @@ impl Stage for DedupeStage {
             out.push(record);
             return;
         };
-        if let Some(entry) = self.entries.get(&key) {
-            let held = entry.held;
-            let handle = entry.handle.clone();
-            let gateway = record.origin.gateway.clone();
-            self.count_duplicate(gateway.as_ref());
-            let slot = held
-                .and_then(|index| index.checked_sub(self.holding_base))
-                .and_then(|i| self.holding.get_mut(i))
-                .and_then(|slot| slot.2.as_mut());
-            match slot {
-                Some(first) => {
-                    first.origin.receptions.push(Reception {
-                        gateway,
-                        rssi: record.origin.rssi,
-                        received_at: record.received_at,
-                    });
-                    first.delivery.absorb(record.delivery);
-                }
-                None => handle.absorb(record.delivery),
+        let record = if self.entries.contains_key(&key) {
+            match self.duplicate(key, record) {
+                Some(retry) if self.store.is_some() => match self.ask_store(key, now, retry) {
+                    Some(r) => r,
+                    None => return,
+                },
+                Some(retry) => retry,
+                None => return,
             }
-            return;
-        }
+        } else {
+            match self.ask_store(key, now, record) {
+                Some(r) => r,
+                None => return,
+            }
+        };
         self.unique.inc();
         let mut entry = Entry {
             first_seen: now,
@@ -392,6 +574,8 @@ mod tests {
             window: HumanDuration(Duration::from_millis(window_ms)),
             max_entries,
             merge: HumanDuration(Duration::from_millis(merge_ms)),
+            backend: Backend::Memory,
+            redis: None,
         }
     }
 

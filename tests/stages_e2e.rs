@@ -1,0 +1,335 @@
+//! The stages in a running pipeline, driven by libcoap's coap-client-notls: dedupe of a retrying Efento
+//! sensor, enrich from a registry file edited while running, validate rejecting into the dead-letter
+//! sink, and a sink refusing a record for good.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const SERIAL: &str = "282C024156AF";
+
+/// A pipeline: CoAP source on @PORT@, the given stages, JSON lines out (`out.jsonl`), dead letters
+/// in `rejects.jsonl`. `extra` adds sink options to `out`.
+fn pipeline(stages: &str, extra: &str) -> String {
+    format!(
+        r#"
+[sources.efento]
+type = "coap"
+listen = "127.0.0.1:@PORT@"
+
+[sinks.out]
+type = "json_lines"
+path = "out.jsonl"
+{extra}
+
+[sinks.rejects]
+type = "json_lines"
+path = "rejects.jsonl"
+
+[[flows]]
+name = "efento"
+from = ["efento"]
+stages = [{stages}]
+to = ["out"]
+dead_letter = "rejects"
+"#
+    )
+}
+
+fn post(running: &Running, payload: &[u8]) -> String {
+    let uri = format!("coap://{}/m", running.coap);
+    coap_client("post", &uri, Some(payload), running.dir.path())
+        .expect("coap-client-notls")
+        .0
+}
+
+fn measurements(running: &Running) -> Vec<serde_json::Value> {
+    json_lines(&running.path("out.jsonl"))
+        .into_iter()
+        .filter(|d| d["kind"] == "measurements")
+        .collect()
+}
+
+#[test]
+fn a_retry_with_a_new_message_id_is_stored_once_and_both_requests_get_201() {
+    peer("coap-client-notls").unwrap_or_else(|| panic!("coap-client-notls"));
+    let running = Running::start_pipeline(
+        tempfile::tempdir().unwrap(),
+        &pipeline(
+            r#"{ type = "dedupe", key = "efento", window = "1m" }, { type = "decode", codec = "efento" }"#,
+            "",
+        ),
+    );
+    let seed = vector_bytes("efento", "m00_seed_open_close");
+    // Every coap-client run is a new CoAP message (new message id and token), as a sensor's retry is.
+    assert_eq!(post(&running, &seed), "2.01", "log:\n{}", running.log());
+    assert_eq!(post(&running, &seed), "2.01", "log:\n{}", running.log());
+    let stored = measurements(&running);
+    assert_eq!(stored.len(), 1, "stored once: {stored:?}");
+    assert_eq!(stored[0]["device"], SERIAL);
+
+    // Different data from the same sensor is not a duplicate.
+    let other = vector_bytes("efento", "m01_temp_humidity_negative");
+    assert_eq!(post(&running, &other), "2.01");
+    assert_eq!(measurements(&running).len(), 2);
+}
+
+#[test]
+fn a_window_that_expired_lets_the_same_frame_through_again() {
+    peer("coap-client-notls").unwrap_or_else(|| panic!("coap-client-notls"));
+    let running = Running::start_pipeline(
+        tempfile::tempdir().unwrap(),
+        &pipeline(
+            r#"{ type = "dedupe", key = "efento", window = "700ms" }, { type = "decode", codec = "efento" }"#,
+            "",
+        ),
+    );
+    let seed = vector_bytes("efento", "m00_seed_open_close");
+    assert_eq!(post(&running, &seed), "2.01");
+    std::thread::sleep(Duration::from_millis(900));
+    assert_eq!(post(&running, &seed), "2.01");
+    assert_eq!(
+        measurements(&running).len(),
+        2,
+        "a new item after the window"
+    );
+}
+
+#[test]
+fn a_retry_after_the_first_copy_failed_is_stored_not_answered_from_dedupe() {
+    // The default pipeline's Parquet lake, with dedupe in front: the first copy cannot be stored
+    // (5.00); the sensor's retry must then be stored, not be taken for a copy of stored data.
+    let dir = tempfile::tempdir().unwrap();
+    let running = Running::start_pipeline(
+        dir,
+        r#"
+[sources.efento]
+type = "coap"
+listen = "127.0.0.1:@PORT@"
+
+[sinks.lake]
+type = "parquet"
+path = "lake"
+commit_interval = "100ms"
+
+[[flows]]
+name = "efento"
+from = ["efento"]
+stages = [{ type = "dedupe", key = "efento", window = "1m" }, { type = "decode", codec = "efento" }]
+to = ["lake"]
+"#,
+    );
+    let lake = running.path("lake");
+    std::fs::remove_dir_all(&lake).unwrap();
+    std::fs::write(&lake, b"not a directory").unwrap();
+    let seed = vector_bytes("efento", "m00_seed_open_close");
+    assert_eq!(post(&running, &seed), "5.00", "log:\n{}", running.log());
+    std::fs::remove_file(&lake).unwrap();
+    std::fs::create_dir(&lake).unwrap();
+    assert_eq!(post(&running, &seed), "2.01", "log:\n{}", running.log());
+    // And now it is stored, the next copy is a duplicate.
+    assert_eq!(post(&running, &seed), "2.01");
+    let files: Vec<_> = walk(&lake)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    assert_eq!(
+        files.len(),
+        1,
+        "one commit with the data, none for the copy: {files:?}"
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[test]
+fn enrich_follows_a_registry_file_edited_while_running() {
+    peer("coap-client-notls").unwrap_or_else(|| panic!("coap-client-notls"));
+    let dir = tempfile::tempdir().unwrap();
+    let registry = dir.path().join("devices.toml");
+    std::fs::write(
+        &registry,
+        format!(
+            "[[devices]]\nserial = \"{SERIAL}\"\nfriendly_id = \"Door 1\"\nlocation = \"Hall A\"\n[devices.fields]\nroom = \"101\"\n"
+        ),
+    )
+    .unwrap();
+    let running = Running::start_pipeline(
+        dir,
+        &pipeline(
+            r#"{ type = "decode", codec = "efento" }, { type = "enrich", registry = "devices.toml", target = "meta", fields = { site = "plant-1" }, unknown = "dead_letter" }"#,
+            "",
+        ),
+    );
+    let seed = vector_bytes("efento", "m00_seed_open_close");
+    assert_eq!(post(&running, &seed), "2.01", "log:\n{}", running.log());
+    let first = measurements(&running).remove(0);
+    assert_eq!(
+        first["meta"],
+        serde_json::json!({"site": "plant-1", "friendly_id": "Door 1", "location": "Hall A", "room": "101"})
+    );
+
+    // The device moves; the file is edited while sensorgate runs (no restart, no signal).
+    std::thread::sleep(Duration::from_millis(1100)); // a new modification time, whatever the filesystem
+    std::fs::write(
+        &registry,
+        format!(
+            "[[devices]]\nserial = \"{SERIAL}\"\nfriendly_id = \"Door 1\"\nlocation = \"Hall B\"\n"
+        ),
+    )
+    .unwrap();
+    let moved = eventually(Duration::from_secs(10), || {
+        assert_eq!(post(&running, &seed), "2.01");
+        measurements(&running)
+            .last()
+            .is_some_and(|d| d["meta"]["location"] == "Hall B")
+    });
+    assert!(moved, "the edit never showed; log:\n{}", running.log());
+    assert!(
+        measurements(&running).last().unwrap()["meta"]
+            .get("room")
+            .is_none()
+    );
+
+    // Removed from the registry: with unknown = "dead_letter" its data is rejected (4.00), parked with
+    // the reason.
+    std::thread::sleep(Duration::from_millis(1100));
+    std::fs::write(&registry, "devices = []\n").unwrap();
+    let rejected = eventually(Duration::from_secs(10), || post(&running, &seed) == "4.00");
+    assert!(rejected, "log:\n{}", running.log());
+    let dead = json_lines(&running.path("rejects.jsonl"));
+    let last = dead.last().unwrap();
+    assert_eq!(last["stage"], "enrich");
+    assert!(
+        last["error"]
+            .as_str()
+            .unwrap()
+            .contains("not in the registry")
+    );
+    assert_eq!(last["raw_hex"], hex::encode(&seed));
+}
+
+#[test]
+fn a_record_violating_its_schema_lands_in_dead_letter_with_the_instance_path() {
+    peer("coap-client-notls").unwrap_or_else(|| panic!("coap-client-notls"));
+    let dir = tempfile::tempdir().unwrap();
+    // A site rule on top of the decoder's shape: ok/alarm sensors must have reported within the
+    // measurement period, and readings must carry a unit.
+    std::fs::write(
+        dir.path().join("strict.schema.json"),
+        r#"{
+          "$schema": "https://json-schema.org/draft/2020-12/schema",
+          "type": "object",
+          "required": ["kind", "device", "measurements"],
+          "properties": {
+            "measurements": {
+              "type": "array",
+              "items": {"type": "object", "required": ["unit"], "properties": {"unit": {"type": "string"}}}
+            }
+          }
+        }"#,
+    )
+    .unwrap();
+    let running = Running::start_pipeline(
+        dir,
+        &pipeline(
+            r#"{ type = "decode", codec = "efento" }, { type = "validate", schema = "strict.schema.json" }"#,
+            "",
+        ),
+    );
+    let seed = vector_bytes("efento", "m00_seed_open_close");
+    assert_eq!(post(&running, &seed), "4.00", "log:\n{}", running.log());
+    assert!(measurements(&running).is_empty());
+    let dead = json_lines(&running.path("rejects.jsonl"));
+    assert_eq!(dead.len(), 1);
+    let dl = &dead[0];
+    assert_eq!(dl["kind"], "dead_letter");
+    assert_eq!(dl["stage"], "validate");
+    assert_eq!(dl["flow"], "efento");
+    assert_eq!(dl["device"], SERIAL);
+    assert_eq!(dl["raw_hex"], hex::encode(&seed));
+    let errors = dl["errors"].as_array().unwrap();
+    assert!(!errors.is_empty());
+    assert_eq!(errors[0]["instance_path"], "/measurements/0/unit");
+    assert!(dl["error"].as_str().unwrap().contains("strict.schema.json"));
+    assert_eq!(dl["document"]["device"], SERIAL, "the document that failed");
+}
+
+#[test]
+fn a_record_a_sink_refuses_for_good_goes_to_dead_letter_and_is_answered_400() {
+    peer("coap-client-notls").unwrap_or_else(|| panic!("coap-client-notls"));
+    let running = Running::start_pipeline(
+        tempfile::tempdir().unwrap(),
+        &pipeline(
+            r#"{ type = "decode", codec = "efento" }"#,
+            "max_record_bytes = 2000",
+        ),
+    );
+    // 25 rows of the seed frame make a document over 2000 bytes; the one-channel frame does not.
+    let seed = vector_bytes("efento", "m00_seed_open_close");
+    assert_eq!(post(&running, &seed), "4.00", "log:\n{}", running.log());
+    let dead = json_lines(&running.path("rejects.jsonl"));
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["stage"], "sink:out");
+    assert!(
+        dead[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("over this sink's max_record_bytes (2000)")
+    );
+    assert_eq!(dead[0]["raw_hex"], hex::encode(&seed));
+    assert!(measurements(&running).is_empty());
+
+    let small = vector_bytes("efento", "m03_co2_iaq_metadata");
+    assert_eq!(post(&running, &small), "2.01");
+    assert_eq!(measurements(&running).len(), 1);
+}
+
+#[test]
+fn a_flow_without_dead_letter_says_so_at_startup_and_answers_rejects_400() {
+    peer("coap-client-notls").unwrap_or_else(|| panic!("coap-client-notls"));
+    let running = Running::start_pipeline(
+        tempfile::tempdir().unwrap(),
+        r#"
+[sources.efento]
+type = "coap"
+listen = "127.0.0.1:@PORT@"
+
+[sinks.out]
+type = "json_lines"
+path = "out.jsonl"
+
+[[flows]]
+name = "efento"
+from = ["efento"]
+stages = [{ type = "decode", codec = "efento" }]
+to = ["out"]
+"#,
+    );
+    assert!(
+        running.log().contains("flow has no dead_letter sink"),
+        "log:\n{}",
+        running.log()
+    );
+    assert_eq!(post(&running, b"\xff\xfe garbage"), "4.00");
+    assert!(
+        eventually(Duration::from_secs(5), || running
+            .log()
+            .contains("record rejected (no dead_letter sink configured)")),
+        "log:\n{}",
+        running.log()
+    );
+}
