@@ -423,9 +423,11 @@ impl DedupeStage {
         };
         // A record that reached the stage without a batch lookup (none happens in a flow) is treated as
         // the store being unreachable.
+        // (Not removed: later copies in the same batch get the same answer.)
         let answer = self
             .answers
-            .remove(&key)
+            .get(&key)
+            .cloned()
             .unwrap_or(Answer::Unavailable("not looked up".into()));
         match answer {
             Answer::Claimed => {
@@ -674,6 +676,34 @@ mod tests {
         assert!(matches!(
             watch_b.try_recv().unwrap(),
             Outcome::Failed { .. }
+        ));
+    }
+
+    #[test]
+    fn a_copy_after_the_first_copy_failed_is_let_through_as_the_item() {
+        let mut stage = DedupeStage::new("dedupe-test-6", &config("esp3", 60_000, 0, 100));
+        let mut out = Vec::new();
+        let (a, _) = record(frame_heard_as(1, 0x45), "gw-a", -69);
+        stage.process(a, &mut out);
+        out.pop().unwrap().delivery.failed("disk full");
+        let (retry, mut watch) = record(frame_heard_as(1, 0x45), "gw-a", -69);
+        stage.process(retry, &mut out);
+        assert_eq!(
+            out.len(),
+            1,
+            "nothing was stored: the retry is the item now"
+        );
+        assert_eq!(stage.retried.get(), 1);
+        assert_eq!(stage.duplicates.get(), 0);
+        // Stored this time: the next copy is a duplicate again, settled with it.
+        let (copy, mut copy_watch) = record(frame_heard_as(2, 0x50), "gw-b", -80);
+        stage.process(copy, &mut out);
+        assert_eq!(out.len(), 1);
+        out.pop().unwrap().delivery.delivered();
+        assert!(matches!(watch.try_recv(), Ok(Outcome::Delivered { .. })));
+        assert!(matches!(
+            copy_watch.try_recv(),
+            Ok(Outcome::Delivered { .. })
         ));
     }
 

@@ -233,7 +233,6 @@ async fn write_outcomes(
     inner: std::sync::Weak<Inner>,
     mut rx: mpsc::UnboundedReceiver<(String, bool)>,
 ) {
-    let release = redis::Script::new(RELEASE);
     let mut batch = Vec::with_capacity(256);
     while rx.recv_many(&mut batch, 1024).await > 0 {
         let Some(inner) = inner.upgrade() else {
@@ -249,7 +248,12 @@ async fn write_outcomes(
                     .arg("KEEPTTL")
                     .ignore();
             } else {
-                pipe.invoke_script(release.key(&key).arg(&inner.pending_value))
+                // EVAL, not EVALSHA: a fresh or restarted Redis has no script cache.
+                pipe.cmd("EVAL")
+                    .arg(RELEASE)
+                    .arg(1)
+                    .arg(&key)
+                    .arg(&inner.pending_value)
                     .ignore();
             }
         }
