@@ -38,7 +38,12 @@ fn raw(bytes: Vec<u8>, route: &str, gateway: &str) -> Record {
         gateway: Some(gateway.into()),
         ..Origin::default()
     };
-    Record::new("bench".into(), origin, Bytes::from(bytes), Delivery::detached())
+    Record::new(
+        "bench".into(),
+        origin,
+        Bytes::from(bytes),
+        Delivery::detached(),
+    )
 }
 
 /// The same A5 telegram with a different data byte per `i`: distinct telegrams of one sender.
@@ -102,13 +107,22 @@ fn bench(c: &mut Criterion) {
     );
     // Half the receptions are the same telegram from a second gateway.
     let enocean_raw: Vec<Record> = (0..BATCH as u32)
-        .map(|i| raw(enocean_frame(i / 2), "esp3", if i % 2 == 0 { "gw-a" } else { "gw-b" }))
+        .map(|i| {
+            raw(
+                enocean_frame(i / 2),
+                "esp3",
+                if i % 2 == 0 { "gw-a" } else { "gw-b" },
+            )
+        })
         .collect();
     let efento_raw: Vec<Record> = (0..BATCH as u32)
         .map(|i| raw(sensorgate::loadgen::frame(i, i), "measurements", "-"))
         .collect();
     let telemetry = decoded(&mut esp3, raw(enocean_frame(7), "esp3", "gw-a"));
-    let measurements = decoded(&mut efento, raw(sensorgate::loadgen::frame(3, 1), "measurements", "-"));
+    let measurements = decoded(
+        &mut efento,
+        raw(sensorgate::loadgen::frame(3, 1), "measurements", "-"),
+    );
 
     let mut group = c.benchmark_group("stages");
     group.throughput(Throughput::Elements(BATCH as u64));
@@ -159,7 +173,10 @@ fn bench(c: &mut Criterion) {
             unknown: Unknown::Pass,
         },
     );
-    for (name, doc) in [("enrich_enocean", &telemetry), ("enrich_efento", &measurements)] {
+    for (name, doc) in [
+        ("enrich_enocean", &telemetry),
+        ("enrich_efento", &measurements),
+    ] {
         let mut out = Vec::with_capacity(BATCH);
         group.bench_function(name, |b| {
             b.iter_batched(
@@ -177,8 +194,16 @@ fn bench(c: &mut Criterion) {
     }
 
     for (name, schema, doc) in [
-        ("validate_enocean_telemetry", "enocean-telemetry.schema.json", &telemetry),
-        ("validate_efento_measurements", "efento-measurements.schema.json", &measurements),
+        (
+            "validate_enocean_telemetry",
+            "enocean-telemetry.schema.json",
+            &telemetry,
+        ),
+        (
+            "validate_efento_measurements",
+            "efento-measurements.schema.json",
+            &measurements,
+        ),
     ] {
         let mut stage = ValidateStage::new(
             name,
@@ -192,7 +217,12 @@ fn bench(c: &mut Criterion) {
         // It must pass, or the bench would measure the error path.
         let mut out = Vec::new();
         stage.process(doc.clone(), &mut out);
-        assert_eq!(out[0].kind, doc.kind, "{name}: {:?}", out[0].body.get("error"));
+        assert_eq!(
+            out[0].kind,
+            doc.kind,
+            "{name}: {:?}",
+            out[0].body.get("error")
+        );
         out.clear();
         group.bench_function(name, |b| {
             b.iter_batched(

@@ -45,6 +45,24 @@ fn post(running: &Running, payload: &[u8]) -> String {
         .0
 }
 
+/// The dead letters written, each checked against the published dead-letter schema.
+fn dead_letters(running: &Running) -> Vec<serde_json::Value> {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/dead-letter.schema.json");
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let docs = json_lines(&running.path("rejects.jsonl"));
+    for doc in &docs {
+        let errors: Vec<String> = validator
+            .iter_errors(doc)
+            .map(|e| format!("{}: {e}", e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{errors:?} in {doc}");
+    }
+    docs
+}
+
 fn measurements(running: &Running) -> Vec<serde_json::Value> {
     json_lines(&running.path("out.jsonl"))
         .into_iter()
@@ -210,7 +228,7 @@ fn enrich_follows_a_registry_file_edited_while_running() {
     std::fs::write(&registry, "devices = []\n").unwrap();
     let rejected = eventually(Duration::from_secs(10), || post(&running, &seed) == "4.00");
     assert!(rejected, "log:\n{}", running.log());
-    let dead = json_lines(&running.path("rejects.jsonl"));
+    let dead = dead_letters(&running);
     let last = dead.last().unwrap();
     assert_eq!(last["stage"], "enrich");
     assert!(
@@ -253,7 +271,7 @@ fn a_record_violating_its_schema_lands_in_dead_letter_with_the_instance_path() {
     let seed = vector_bytes("efento", "m00_seed_open_close");
     assert_eq!(post(&running, &seed), "4.00", "log:\n{}", running.log());
     assert!(measurements(&running).is_empty());
-    let dead = json_lines(&running.path("rejects.jsonl"));
+    let dead = dead_letters(&running);
     assert_eq!(dead.len(), 1);
     let dl = &dead[0];
     assert_eq!(dl["kind"], "dead_letter");
@@ -281,7 +299,7 @@ fn a_record_a_sink_refuses_for_good_goes_to_dead_letter_and_is_answered_400() {
     // 25 rows of the seed frame make a document over 2000 bytes; the one-channel frame does not.
     let seed = vector_bytes("efento", "m00_seed_open_close");
     assert_eq!(post(&running, &seed), "4.00", "log:\n{}", running.log());
-    let dead = json_lines(&running.path("rejects.jsonl"));
+    let dead = dead_letters(&running);
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0]["stage"], "sink:out");
     assert!(
@@ -332,4 +350,45 @@ to = ["out"]
         "log:\n{}",
         running.log()
     );
+}
+
+#[test]
+fn the_published_schemas_pass_real_efento_frames_in_a_running_pipeline() {
+    peer("coap-client-notls").unwrap_or_else(|| panic!("coap-client-notls"));
+    let dir = tempfile::tempdir().unwrap();
+    let schemas = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
+    let stages = format!(
+        r#"{{ type = "dedupe", key = "efento", window = "1m" }}, {{ type = "decode", codec = "efento" }}, {{ type = "enrich", fields = {{ site = "x" }} }}, {{ type = "validate", schemas = {{ measurements = "{m}", device_info = "{i}", config = "{c}" }}, unmatched = "dead_letter" }}"#,
+        m = schemas.join("efento-measurements.schema.json").display(),
+        i = schemas.join("efento-device-info.schema.json").display(),
+        c = schemas.join("efento-config.schema.json").display(),
+    );
+    let running = Running::start_pipeline(dir, &pipeline(&stages, ""));
+    for name in [
+        "m00_seed_open_close",
+        "m01_temp_humidity_negative",
+        "m03_co2_iaq_metadata",
+        "m06_sensor_error_codes",
+    ] {
+        let frame = vector_bytes("efento", name);
+        assert_eq!(
+            post(&running, &frame),
+            "2.01",
+            "{name}; log:\n{}",
+            running.log()
+        );
+    }
+    let uri = |path: &str| format!("coap://{}/{path}", running.coap);
+    for (path, name) in [
+        ("i", "i00_seed_device_info"),
+        ("c", "c00_seed_configuration"),
+    ] {
+        let frame = vector_bytes("efento", name);
+        let code = coap_client("post", &uri(path), Some(&frame), running.dir.path())
+            .unwrap()
+            .0;
+        assert_eq!(code, "2.01", "{name}; log:\n{}", running.log());
+    }
+    assert!(dead_letters(&running).is_empty());
+    assert_eq!(json_lines(&running.path("out.jsonl")).len(), 6);
 }

@@ -102,6 +102,9 @@ struct EnoceanState {
     next_stats: Option<Instant>,
     next_chain_check: Option<Instant>,
     outputs: Vec<engine::Output>,
+    /// The source of the records decoded last: what statistics and timed-out chains are reported as
+    /// coming from (they come from no one frame). The flow's name until a record arrives.
+    source: Option<Arc<str>>,
 }
 
 impl DecodeStage {
@@ -136,6 +139,7 @@ impl DecodeStage {
                 next_stats: stats_interval.map(|d| Instant::now() + d),
                 next_chain_check: None,
                 outputs: Vec::new(),
+                source: None,
             }
         });
         DecodeStage {
@@ -164,6 +168,9 @@ impl DecodeStage {
         if record.kind != Kind::Raw {
             out.push(record);
             return;
+        }
+        if state.source.as_ref() != Some(&record.source) {
+            state.source = Some(record.source.clone());
         }
         let others = record
             .origin
@@ -313,7 +320,7 @@ impl Stage for DecodeStage {
                 ..Default::default()
             };
             let record = Record::new(
-                self.flow.clone(),
+                state.source.clone().unwrap_or_else(|| self.flow.clone()),
                 origin,
                 bytes::Bytes::new(),
                 crate::record::Delivery::detached(),
