@@ -187,3 +187,55 @@ to = ["lake"]
         .unwrap();
     assert_success(&out);
 }
+
+#[test]
+fn validate_names_missing_and_broken_schemas_registries_and_redis_urls_with_their_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("broken.schema.json"), r#"{"type": 12}"#).unwrap();
+    let file = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &file,
+        r#"[sources.s]
+type = "coap"
+listen = "127.0.0.1:0"
+
+[sinks.out]
+type = "json_lines"
+path = "-"
+
+[[flows]]
+name = "f"
+from = ["s"]
+stages = [
+  { type = "decode", codec = "efento" },
+  { type = "validate", schema = "missing.schema.json" },
+  { type = "validate", schemas = { measurements = "broken.schema.json" } },
+  { type = "enrich", registry = "nope.toml" },
+  { type = "dedupe", key = "efento", backend = "redis" },
+]
+to = ["out"]
+"#,
+    )
+    .unwrap();
+    let out = sensorgate()
+        .arg("validate")
+        .arg("pipeline.toml")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "pipeline.toml:14:3",
+        "schema missing.schema.json: cannot read it",
+        "pipeline.toml:15:3",
+        "schema broken.schema.json: does not compile",
+        "pipeline.toml:16:3",
+        "registry: nope.toml",
+        "pipeline.toml:17:3",
+        "backend \"redis\" needs redis = { url",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+}
