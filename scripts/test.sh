@@ -31,6 +31,6 @@ cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "==> benches in test mode (each benchmark runs once, so they cannot rot)"
-cargo test --bench efento_decode --bench enocean_decode --locked
+cargo test --bench efento_decode --bench enocean_decode --bench stages --locked
 echo "==> cargo test"
 cargo test --lib --bins --tests --locked

@@ -38,6 +38,16 @@ dead_letter = "rejects"
     )
 }
 
+/// Starts `pipeline(stages, extra)` in a fresh directory (coap-client-notls is required).
+fn start(stages: &str, extra: &str) -> Running {
+    peer("coap-client-notls").expect("coap-client-notls");
+    Running::start_pipeline(tempfile::tempdir().unwrap(), &pipeline(stages, extra))
+}
+
+fn seed() -> Vec<u8> {
+    vector_bytes("efento", "m00_seed_open_close")
+}
+
 fn post(running: &Running, payload: &[u8]) -> String {
     let uri = format!("coap://{}/m", running.coap);
     coap_client("post", &uri, Some(payload), running.dir.path())
@@ -72,15 +82,11 @@ fn measurements(running: &Running) -> Vec<serde_json::Value> {
 
 #[test]
 fn a_retry_with_a_new_message_id_is_stored_once_and_both_requests_get_201() {
-    peer("coap-client-notls").unwrap_or_else(|| panic!("coap-client-notls"));
-    let running = Running::start_pipeline(
-        tempfile::tempdir().unwrap(),
-        &pipeline(
-            r#"{ type = "dedupe", key = "efento", window = "1m" }, { type = "decode", codec = "efento" }"#,
-            "",
-        ),
+    let running = start(
+        r#"{ type = "dedupe", key = "efento", window = "1m" }, { type = "decode", codec = "efento" }"#,
+        "",
     );
-    let seed = vector_bytes("efento", "m00_seed_open_close");
+    let seed = seed();
     // Every coap-client run is a new CoAP message (new message id and token), as a sensor's retry is.
     assert_eq!(post(&running, &seed), "2.01", "log:\n{}", running.log());
     assert_eq!(post(&running, &seed), "2.01", "log:\n{}", running.log());
@@ -96,15 +102,11 @@ fn a_retry_with_a_new_message_id_is_stored_once_and_both_requests_get_201() {
 
 #[test]
 fn a_window_that_expired_lets_the_same_frame_through_again() {
-    peer("coap-client-notls").unwrap_or_else(|| panic!("coap-client-notls"));
-    let running = Running::start_pipeline(
-        tempfile::tempdir().unwrap(),
-        &pipeline(
-            r#"{ type = "dedupe", key = "efento", window = "700ms" }, { type = "decode", codec = "efento" }"#,
-            "",
-        ),
+    let running = start(
+        r#"{ type = "dedupe", key = "efento", window = "700ms" }, { type = "decode", codec = "efento" }"#,
+        "",
     );
-    let seed = vector_bytes("efento", "m00_seed_open_close");
+    let seed = seed();
     assert_eq!(post(&running, &seed), "2.01");
     std::thread::sleep(Duration::from_millis(900));
     assert_eq!(post(&running, &seed), "2.01");
@@ -142,7 +144,7 @@ to = ["lake"]
     let lake = running.path("lake");
     std::fs::remove_dir_all(&lake).unwrap();
     std::fs::write(&lake, b"not a directory").unwrap();
-    let seed = vector_bytes("efento", "m00_seed_open_close");
+    let seed = seed();
     assert_eq!(post(&running, &seed), "5.00", "log:\n{}", running.log());
     std::fs::remove_file(&lake).unwrap();
     std::fs::create_dir(&lake).unwrap();
@@ -192,7 +194,7 @@ fn enrich_follows_a_registry_file_edited_while_running() {
             "",
         ),
     );
-    let seed = vector_bytes("efento", "m00_seed_open_close");
+    let seed = seed();
     assert_eq!(post(&running, &seed), "2.01", "log:\n{}", running.log());
     let first = measurements(&running).remove(0);
     assert_eq!(
@@ -268,7 +270,7 @@ fn a_record_violating_its_schema_lands_in_dead_letter_with_the_instance_path() {
             "",
         ),
     );
-    let seed = vector_bytes("efento", "m00_seed_open_close");
+    let seed = seed();
     assert_eq!(post(&running, &seed), "4.00", "log:\n{}", running.log());
     assert!(measurements(&running).is_empty());
     let dead = dead_letters(&running);
@@ -288,16 +290,12 @@ fn a_record_violating_its_schema_lands_in_dead_letter_with_the_instance_path() {
 
 #[test]
 fn a_record_a_sink_refuses_for_good_goes_to_dead_letter_and_is_answered_400() {
-    peer("coap-client-notls").unwrap_or_else(|| panic!("coap-client-notls"));
-    let running = Running::start_pipeline(
-        tempfile::tempdir().unwrap(),
-        &pipeline(
-            r#"{ type = "decode", codec = "efento" }"#,
-            "max_record_bytes = 2000",
-        ),
+    let running = start(
+        r#"{ type = "decode", codec = "efento" }"#,
+        "max_record_bytes = 2000",
     );
     // 25 rows of the seed frame make a document over 2000 bytes; the one-channel frame does not.
-    let seed = vector_bytes("efento", "m00_seed_open_close");
+    let seed = seed();
     assert_eq!(post(&running, &seed), "4.00", "log:\n{}", running.log());
     let dead = dead_letters(&running);
     assert_eq!(dead.len(), 1, "{dead:?}");
