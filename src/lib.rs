@@ -16,4 +16,5 @@ pub mod simulator;
 pub mod sinks;
 pub mod sources;
 pub mod stages;
+pub mod testing;
 pub mod topology;

@@ -44,6 +44,13 @@ enum Command {
         #[arg(default_value = "pipeline.toml")]
         file: PathBuf,
     },
+    /// Run a pipeline's unit tests: `[[tests]]` files feed frames through a flow's real stages and
+    /// compare the documents that reach each sink. Exit 0: all passed, 1: a test failed, 2: a file
+    /// could not be loaded.
+    Test {
+        /// Test files, or directories of them (default: the test files in examples/tests/).
+        files: Vec<PathBuf>,
+    },
     /// Decode one frame and print the document as JSON.
     Decode {
         #[command(subcommand)]
@@ -124,6 +131,7 @@ fn main() -> ExitCode {
         Command::Decode {
             codec: DecodeCommand::Esp3(args),
         } => decode_esp3(args),
+        Command::Test { files } => test(&files),
         Command::Run { config } => run_async(run(config)),
         Command::Loadgen {
             kind: LoadgenCommand::Coap(args),
@@ -206,6 +214,33 @@ fn validate(file: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn test(named: &[PathBuf]) -> ExitCode {
+    use sensorgate::testing;
+    let files = match testing::test_files(named) {
+        Ok(files) => files,
+        Err(message) => {
+            eprint!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let summary = runtime.block_on(testing::run_files(
+        &files,
+        &mut std::io::stdout(),
+        &mut std::io::stderr(),
+    ));
+    ExitCode::from(summary.exit_code())
 }
 
 fn run_async<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> ExitCode {

@@ -376,7 +376,7 @@ struct Shared {
 pub struct CoapSource {
     shared: Arc<Shared>,
     flows: Vec<mpsc::Sender<Record>>,
-    routes: HashMap<String, (Route, Arc<str>, Arc<str>)>,
+    routes: RouteTable,
 }
 
 impl CoapSource {
@@ -388,15 +388,7 @@ impl CoapSource {
         downlinks: Downlinks,
     ) -> anyhow::Result<CoapSource> {
         let socket = bind_udp(config.listen, config.receive_buffer, name)?;
-        let routes = config
-            .paths
-            .iter()
-            .map(|(path, route)| {
-                let path = path.trim_matches('/').to_string();
-                let arc_path: Arc<str> = path.as_str().into();
-                (path, (*route, arc_path, Arc::from(route.as_str())))
-            })
-            .collect();
+        let routes = route_table(config);
         Ok(CoapSource {
             shared: Arc::new(Shared {
                 name: name.into(),
@@ -597,13 +589,9 @@ impl CoapSource {
                 .await;
             }
             (_, RequestType::Post) => {
-                let origin = Origin {
-                    peer: Some(peer),
-                    path: Some(arc_path.clone()),
-                    route: Some(arc_route.clone()),
-                    token: token_option,
-                    ..Origin::default()
-                };
+                let mut origin = request_origin(arc_path, arc_route);
+                origin.peer = Some(peer);
+                origin.token = token_option;
                 self.accept_data(packet, request, key, origin, tracker)
                     .await;
             }
@@ -741,6 +729,70 @@ impl CoapSource {
             .map(|shard| shard.lock().unwrap_or_else(|p| p.into_inner()).len())
             .sum()
     }
+}
+
+/// Each configured path (no leading or trailing `/`, the way Uri-Path options join) with its route,
+/// and both as the shared names records carry.
+type RouteTable = HashMap<String, (Route, Arc<str>, Arc<str>)>;
+
+fn route_table(config: &CoapConfig) -> RouteTable {
+    config
+        .paths
+        .iter()
+        .map(|(path, route)| {
+            let path = path.trim_matches('/').to_string();
+            let arc_path: Arc<str> = path.as_str().into();
+            (path, (*route, arc_path, Arc::from(route.as_str())))
+        })
+        .collect()
+}
+
+fn request_origin(path: &Arc<str>, route: &Arc<str>) -> Origin {
+    Origin {
+        path: Some(path.clone()),
+        route: Some(route.clone()),
+        ..Origin::default()
+    }
+}
+
+/// The record a POST of `payload` to `path` becomes, as [`CoapSource`] makes it but without a socket
+/// (no peer, no answer): for `sensorgate test`. `Err` says why the source would not hand that request
+/// to its flows (no route, the time route, a payload over `max_payload`).
+pub fn request_record(
+    source: &str,
+    config: &CoapConfig,
+    path: &str,
+    payload: Bytes,
+) -> Result<Record, String> {
+    let path = path.trim_matches('/');
+    let routes = route_table(config);
+    let Some((route, arc_path, arc_route)) = routes.get(path) else {
+        let mut known: Vec<&str> = routes.keys().map(String::as_str).collect();
+        known.sort_unstable();
+        return Err(format!(
+            "source `{source}` has no route for path `{path}` (its paths: {})",
+            known.join(", ")
+        ));
+    };
+    if *route == Route::Time {
+        return Err(format!(
+            "path `{path}` is the time route: the source answers it itself and makes no record"
+        ));
+    }
+    if payload.len() > config.max_payload {
+        return Err(format!(
+            "the payload has {} bytes, over max_payload ({}): the source answers 4.13 and makes no record",
+            payload.len(),
+            config.max_payload
+        ));
+    }
+    let origin = request_origin(arc_path, arc_route);
+    Ok(Record::new(
+        source.into(),
+        origin,
+        payload,
+        Delivery::detached(),
+    ))
 }
 
 /// Waits for the record's outcome (at most `ack_deadline`) and builds the ACK.
@@ -926,6 +978,21 @@ mod tests {
 
     fn is_again(seen: Seen) -> bool {
         matches!(seen, Seen::Again(_))
+    }
+
+    #[test]
+    fn request_record_takes_its_route_from_the_paths_like_a_request() {
+        let mut config: CoapConfig = toml::from_str("listen = \"127.0.0.1:0\"").unwrap();
+        let record = request_record("efento", &config, "/m/", Bytes::from_static(b"\x0a")).unwrap();
+        assert_eq!(record.origin.path.as_deref(), Some("m"));
+        assert_eq!(record.origin.route.as_deref(), Some("measurements"));
+        assert!(record.origin.peer.is_none());
+        let no_route = request_record("efento", &config, "x", Bytes::new()).unwrap_err();
+        assert!(no_route.contains("its paths: c, i, m, t"), "{no_route}");
+        assert!(request_record("efento", &config, "t", Bytes::new()).is_err());
+        config.max_payload = 1;
+        let too_big = request_record("efento", &config, "m", Bytes::from_static(b"ab"));
+        assert!(too_big.unwrap_err().contains("4.13"));
     }
 
     #[test]

@@ -570,6 +570,62 @@ struct Routes {
     health: Arc<str>,
 }
 
+impl Routes {
+    fn new() -> Self {
+        Routes {
+            frame: "esp3".into(),
+            garbage: format!("esp3_{}", SkipReason::Garbage.code()).into(),
+            crc8d: format!("esp3_{}", SkipReason::Crc8dMismatch.code()).into(),
+            health: "gateway_health".into(),
+        }
+    }
+
+    /// A stream item's bytes, its route and, for a frame, the RSSI the frame carries.
+    fn of_item(&self, item: StreamItem) -> (Bytes, Arc<str>, Option<i32>) {
+        match item {
+            StreamItem::Frame(frame) => {
+                let rssi = rssi_of(&frame);
+                (frame, self.frame.clone(), rssi)
+            }
+            StreamItem::Skipped { bytes, reason } => {
+                let route = match reason {
+                    SkipReason::Garbage => self.garbage.clone(),
+                    SkipReason::Crc8dMismatch => self.crc8d.clone(),
+                };
+                (bytes, route, None)
+            }
+        }
+    }
+}
+
+/// The records a raw gateway's bytes become, as a connection of [`Esp3WebsocketSource`] makes them
+/// but without a socket (no peer, nothing counted): for `sensorgate test`. The bytes are one whole
+/// connection: one [`StreamParser`] splits them, and bytes left over at the end (a frame cut short)
+/// are reported as garbage, as when a gateway disconnects mid-frame.
+pub fn gateway_records(
+    source: &str,
+    config: &Esp3WebsocketConfig,
+    gateway: &str,
+    bytes: &[u8],
+) -> Vec<Record> {
+    let routes = Routes::new();
+    let source: Arc<str> = source.into();
+    let path: Arc<str> = config.path.as_str().into();
+    let gateway: Arc<str> = gateway.into();
+    let mut parser = StreamParser::new(config.max_frame);
+    parser.push(bytes);
+    let mut items: Vec<StreamItem> = std::iter::from_fn(|| parser.next_item()).collect();
+    items.extend(parser.finish());
+    items
+        .into_iter()
+        .map(|item| {
+            let (raw, route, rssi) = routes.of_item(item);
+            let origin = record_origin(&path, None, &gateway, route, rssi);
+            Record::new(source.clone(), origin, raw, Delivery::detached())
+        })
+        .collect()
+}
+
 /// A bound websocket server, ready to run.
 pub struct Esp3WebsocketSource {
     listener: TcpListener,
@@ -631,12 +687,7 @@ impl Esp3WebsocketSource {
                 handshake_timeout: config.handshake_timeout.get(),
                 max_frame: config.max_frame,
                 ws_config,
-                routes: Routes {
-                    frame: "esp3".into(),
-                    garbage: format!("esp3_{}", SkipReason::Garbage.code()).into(),
-                    crc8d: format!("esp3_{}", SkipReason::Crc8dMismatch.code()).into(),
-                    health: "gateway_health".into(),
-                },
+                routes: Routes::new(),
                 events: Events::new(name),
             }),
         })
@@ -1105,7 +1156,7 @@ impl<'a> Connection<'a> {
     }
 
     fn origin(&self, gateway: &Arc<str>, route: Arc<str>, rssi: Option<i32>) -> Origin {
-        record_origin(self.shared, self.peer, gateway, route, rssi)
+        record_origin(&self.shared.path, Some(self.peer), gateway, route, rssi)
     }
 
     /// The connection ended: bytes still held (a packet cut short) are reported as garbage.
@@ -1137,15 +1188,15 @@ impl<'a> Connection<'a> {
 }
 
 fn record_origin(
-    shared: &Shared,
-    peer: SocketAddr,
+    path: &Arc<str>,
+    peer: Option<SocketAddr>,
     gateway: &Arc<str>,
     route: Arc<str>,
     rssi: Option<i32>,
 ) -> Origin {
     Origin {
-        peer: Some(peer),
-        path: Some(shared.path.clone()),
+        peer,
+        path: Some(path.clone()),
         route: Some(route),
         gateway: Some(gateway.clone()),
         rssi,
@@ -1175,24 +1226,18 @@ fn item_record(
     item: StreamItem,
     stats: &mut ConnStats,
 ) -> Record {
-    let (raw, route, rssi) = match item {
-        StreamItem::Frame(frame) => {
+    match &item {
+        StreamItem::Frame(_) => {
             shared.events.frame();
             stats.frames += 1;
-            let rssi = rssi_of(&frame);
-            (frame, shared.routes.frame.clone(), rssi)
         }
         StreamItem::Skipped { bytes, reason } => {
-            shared.events.skipped(peer, gateway, reason, bytes.len());
+            shared.events.skipped(peer, gateway, *reason, bytes.len());
             stats.skipped += 1;
-            let route = match reason {
-                SkipReason::Garbage => shared.routes.garbage.clone(),
-                SkipReason::Crc8dMismatch => shared.routes.crc8d.clone(),
-            };
-            (bytes, route, None)
         }
-    };
-    let origin = record_origin(shared, peer, gateway, route, rssi);
+    }
+    let (raw, route, rssi) = shared.routes.of_item(item);
+    let origin = record_origin(&shared.path, Some(peer), gateway, route, rssi);
     Record::new(shared.name.clone(), origin, raw, Delivery::detached())
 }
 
@@ -1315,5 +1360,28 @@ mod tests {
             "{problems}"
         );
         assert!(problems.contains("empty token"), "{problems}");
+    }
+
+    #[test]
+    fn gateway_records_split_a_stream_like_a_connection_does() {
+        let config = Esp3WebsocketConfig::new("127.0.0.1:0".parse().unwrap());
+        // garbage, a frame (RSSI -69), then the first 4 bytes of another frame
+        let bytes = hex::decode("0055ff1255000a0701eba5000080080180a1b20001ffffffff45005155000a07")
+            .unwrap();
+        let records = gateway_records("gateways", &config, "gw-1", &bytes);
+        let routes: Vec<&str> = records
+            .iter()
+            .map(|r| r.origin.route.as_deref().unwrap_or(""))
+            .collect();
+        assert_eq!(routes, ["esp3_garbage", "esp3", "esp3_garbage"]);
+        assert_eq!(records[0].raw.as_ref(), &bytes[..4]);
+        assert_eq!(records[2].raw.as_ref(), &bytes[bytes.len() - 4..]);
+        assert_eq!(records[1].origin.rssi, Some(-69));
+        for record in &records {
+            assert_eq!(record.origin.gateway.as_deref(), Some("gw-1"));
+            assert_eq!(record.origin.path.as_deref(), Some("/aruba"));
+            assert!(record.origin.peer.is_none());
+            assert_eq!(&*record.source, "gateways");
+        }
     }
 }
