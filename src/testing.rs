@@ -395,36 +395,13 @@ fn test_tables<'a>(
     problems: &mut Problems<'_>,
     value: Spanned<DeValue<'a>>,
 ) -> Vec<Spanned<DeTable<'a>>> {
-    let hint = || Some("write each test as a [[tests]] table".to_string());
-    let span = value.span();
-    let items = match value.into_inner() {
-        DeValue::Array(items) => items,
-        other => {
-            let found = other.type_str();
-            problems.error(
-                span,
-                format!("`tests` must be an array of tables, found {found}"),
-                hint(),
-            );
-            return Vec::new();
-        }
-    };
-    let mut tables = Vec::new();
-    for item in items {
-        let span = item.span();
-        match item.into_inner() {
-            DeValue::Table(t) => tables.push(Spanned::new(span, t)),
-            other => {
-                let found = other.type_str();
-                problems.error(
-                    span,
-                    format!("a test must be a table, found {found}"),
-                    hint(),
-                );
-            }
-        }
-    }
-    tables
+    crate::config::array_of_tables(
+        value,
+        "`tests`",
+        "a test",
+        "write each test as a [[tests]] table",
+        |span, message, hint| problems.error(span, message, hint),
+    )
 }
 
 /// The test file's text with everything but the pipeline (`tests`, `pipeline`, `registry`, and

@@ -122,6 +122,46 @@ const STAGE_TYPES: &[&str] = &["decode", "dedupe", "enrich", "validate"];
 const TOP_KEYS: &[&str] = &["sources", "sinks", "flows"];
 const FLOW_KEYS: &[&str] = &["name", "from", "stages", "to", "dead_letter", "queue"];
 
+/// The tables of an array of tables (`array`, each an `item`); anything else goes to `report` as
+/// (span, message, hint). Shared by the pipeline loader and the `sensorgate test` file loader.
+pub(crate) fn array_of_tables<'a>(
+    value: Spanned<DeValue<'a>>,
+    array: &str,
+    item: &str,
+    hint: &str,
+    mut report: impl FnMut(Range<usize>, String, Option<String>),
+) -> Vec<Spanned<DeTable<'a>>> {
+    let span = value.span();
+    let items = match value.into_inner() {
+        DeValue::Array(items) => items,
+        other => {
+            let found = other.type_str();
+            report(
+                span,
+                format!("{array} must be an array of tables, found {found}"),
+                Some(hint.into()),
+            );
+            return Vec::new();
+        }
+    };
+    let mut tables = Vec::new();
+    for entry in items {
+        let entry_span = entry.span();
+        match entry.into_inner() {
+            DeValue::Table(t) => tables.push(Spanned::new(entry_span, t)),
+            other => {
+                let found = other.type_str();
+                report(
+                    entry_span,
+                    format!("{item} must be a table, found {found}"),
+                    Some(hint.into()),
+                );
+            }
+        }
+    }
+    tables
+}
+
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
@@ -461,35 +501,9 @@ impl<'a> Loader<'a> {
         value: Spanned<DeValue<'a>>,
         hint: &str,
     ) -> Vec<Spanned<DeTable<'a>>> {
-        let span = value.span();
-        let items = match value.into_inner() {
-            DeValue::Array(items) => items,
-            other => {
-                let found = other.type_str();
-                self.error(
-                    span,
-                    format!("{array} must be an array of tables, found {found}"),
-                    Some(hint.into()),
-                );
-                return Vec::new();
-            }
-        };
-        let mut tables = Vec::new();
-        for entry in items {
-            let entry_span = entry.span();
-            match entry.into_inner() {
-                DeValue::Table(t) => tables.push(Spanned::new(entry_span, t)),
-                other => {
-                    let found = other.type_str();
-                    self.error(
-                        entry_span,
-                        format!("{item} must be a table, found {found}"),
-                        Some(hint.into()),
-                    );
-                }
-            }
-        }
-        tables
+        array_of_tables(value, array, item, hint, |span, message, hint| {
+            self.error(span, message, hint)
+        })
     }
 
     /// Removes `type` from a component table and returns it with its span.
