@@ -196,6 +196,48 @@ impl serde::Serialize for Reading {
     }
 }
 
+impl Reading {
+    /// The reading as a JSON object, the same as its serialization, built directly (no serializer
+    /// in between: schema validation builds one per reading on the data path).
+    pub fn to_json(&self) -> Value {
+        let mut map = Map::with_capacity(9);
+        if let Some(channel) = self.channel {
+            map.insert("channel".into(), Value::from(channel));
+        }
+        map.insert("type".into(), Value::String(self.key.to_string()));
+        map.insert("ts".into(), Value::from(self.ts));
+        let value = match &self.value {
+            ReadingValue::Null => Value::Null,
+            ReadingValue::Int(v) => Value::from(*v),
+            // A float JSON cannot hold (NaN) serializes as null too.
+            ReadingValue::Float(v) => Value::from(*v),
+            ReadingValue::Text(v) => Value::String(v.to_string()),
+        };
+        map.insert("value".into(), value);
+        map.insert(
+            "unit".into(),
+            self.unit
+                .as_ref()
+                .map_or(Value::Null, |u| Value::String(u.to_string())),
+        );
+        let optional = [self.raw, self.meta, self.error_code, self.type_code];
+        for (name, v) in ["raw", "meta", "error_code", "type_code"]
+            .iter()
+            .zip(optional)
+        {
+            if let Some(v) = v {
+                map.insert((*name).into(), Value::from(v));
+            }
+        }
+        Value::Object(map)
+    }
+}
+
+/// The readings as the JSON array a document shows under [`READINGS_FIELD`].
+pub fn readings_json(readings: &[Reading]) -> Value {
+    Value::Array(readings.iter().map(Reading::to_json).collect())
+}
+
 /// The field under which a document shows a record's [`Reading`]s.
 pub const READINGS_FIELD: &str = "measurements";
 
@@ -214,11 +256,7 @@ pub fn document_value(
 ) -> Map<String, Value> {
     let mut doc = body.clone();
     if shows_readings(kind, body, readings) {
-        let rows = readings
-            .iter()
-            .map(|r| serde_json::to_value(r).unwrap_or(Value::Null))
-            .collect();
-        doc.insert(READINGS_FIELD.to_string(), Value::Array(rows));
+        doc.insert(READINGS_FIELD.to_string(), readings_json(readings));
     }
     doc
 }
@@ -324,7 +362,65 @@ impl Record {
 
 /// RFC 3339 UTC with milliseconds, the way every document of the project prints times.
 pub fn rfc3339(t: SystemTime) -> String {
-    chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    let mut out = String::with_capacity(24);
+    write_rfc3339(t, &mut out);
+    out
+}
+
+/// Appends `t` as [`rfc3339`] does (UTC, milliseconds, `Z`) to `out`, without allocating when it
+/// has room: every document carries one, so the data path formats a lot of them.
+pub fn write_rfc3339(t: SystemTime, out: &mut String) {
+    /// 10000-01-01T00:00:00Z: four-digit years only on the fast path.
+    const YEAR_10000: u64 = 253_402_300_800;
+    let since = t.duration_since(std::time::UNIX_EPOCH).ok();
+    let Some(since) = since.filter(|d| d.as_secs() < YEAR_10000) else {
+        let text = chrono::DateTime::<chrono::Utc>::from(t)
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        out.push_str(&text);
+        return;
+    };
+    let secs = since.as_secs();
+    let (year, month, day) = civil_from_days(secs / 86_400);
+    let of_day = secs % 86_400;
+    let mut digits = |value: u64, width: usize, then: Option<char>| {
+        let mut buf = [b'0'; 4];
+        let mut v = value;
+        for slot in buf[..width].iter_mut().rev() {
+            *slot = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        out.extend(buf[..width].iter().map(|&b| char::from(b)));
+        if let Some(c) = then {
+            out.push(c);
+        }
+    };
+    digits(year, 4, Some('-'));
+    digits(month, 2, Some('-'));
+    digits(day, 2, Some('T'));
+    digits(of_day / 3600, 2, Some(':'));
+    digits(of_day / 60 % 60, 2, Some(':'));
+    digits(of_day % 60, 2, Some('.'));
+    digits(u64::from(since.subsec_millis()), 3, Some('Z'));
+}
+
+/// The proleptic Gregorian (year, month, day) of a count of days since 1970-01-01, by the
+/// era-of-400-years method (each era has 146,097 days and starts on March 1st).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+    let month = if month_from_march < 10 {
+        month_from_march + 3
+    } else {
+        month_from_march - 9
+    };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    (year, month, day)
 }
 
 /// What the source of a record learns once every part of it is settled.
@@ -659,6 +755,97 @@ impl fmt::Debug for Delivery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_are_formatted_as_chrono_formats_them() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let chrono = |t: SystemTime| {
+            chrono::DateTime::<chrono::Utc>::from(t)
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        };
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut times: Vec<SystemTime> = [
+            0,
+            951_782_400, // 2000-02-29
+            4_107_542_399,
+            253_402_300_799,
+            253_402_300_800,
+        ]
+        .iter()
+        .map(|s| UNIX_EPOCH + Duration::from_millis(s * 1000 + 999))
+        .collect();
+        times.push(UNIX_EPOCH - Duration::from_millis(1500));
+        for _ in 0..20_000 {
+            // xorshift: times spread over years 1970 to about 10400, to the nanosecond
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let at = Duration::new(seed % 265_000_000_000, (seed >> 32) as u32 % 1_000_000_000);
+            times.push(UNIX_EPOCH + at);
+        }
+        for t in times {
+            assert_eq!(rfc3339(t), chrono(t), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn a_reading_built_as_json_is_its_serialization() {
+        let base = Reading {
+            channel: Some(2),
+            key: "co2_gas".into(),
+            ts: 1_736_935_262,
+            value: ReadingValue::Int(812),
+            unit: Some("ppm".into()),
+            raw: Some(2436),
+            meta: Some(0),
+            error_code: None,
+            type_code: None,
+        };
+        let variants = [
+            base.clone(),
+            Reading {
+                channel: None,
+                value: ReadingValue::Float(21.5),
+                meta: None,
+                ..base.clone()
+            },
+            Reading {
+                value: ReadingValue::Float(f64::NAN),
+                ..base.clone()
+            },
+            Reading {
+                key: "ok_alarm".into(),
+                value: ReadingValue::Text("alarm".into()),
+                unit: None,
+                raw: None,
+                meta: None,
+                ..base.clone()
+            },
+            Reading {
+                key: "unknown".into(),
+                value: ReadingValue::Null,
+                raw: None,
+                meta: None,
+                error_code: Some(8_355_841),
+                type_code: Some(99),
+                ..base.clone()
+            },
+        ];
+        for reading in &variants {
+            let built = reading.to_json();
+            assert_eq!(built, serde_json::to_value(reading).unwrap());
+            // The same order of keys too, as sinks write them.
+            assert_eq!(
+                built.to_string(),
+                serde_json::to_string(reading).unwrap(),
+                "{reading:?}"
+            );
+        }
+        assert_eq!(
+            readings_json(&variants).as_array().map(Vec::len),
+            Some(variants.len())
+        );
+    }
 
     #[test]
     fn all_parts_delivered_gives_delivered() {

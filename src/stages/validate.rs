@@ -20,7 +20,9 @@ use serde_json::{Map, Value};
 
 use super::Stage;
 use crate::metrics::{self, Counter};
-use crate::record::{Kind, READINGS_FIELD, Record, rfc3339, shows_readings};
+use crate::record::{
+    Kind, READINGS_FIELD, Reading, ReadingValue, Record, shows_readings, write_rfc3339,
+};
 
 /// The most errors a dead letter lists (a document can break a schema in thousands of places).
 pub const MAX_ERRORS: usize = 20;
@@ -90,7 +92,13 @@ pub fn compile(path: &Path) -> Result<Schema, String> {
             e.column()
         )
     })?;
-    let validator = jsonschema::validator_for(&value)
+    // The `regex` engine matches patterns several times faster than `fancy-regex`, the default;
+    // a schema whose patterns need what only the latter has (look-around, back-references)
+    // compiles with it.
+    let validator = jsonschema::options()
+        .with_pattern_options(jsonschema::PatternOptions::regex())
+        .build(&value)
+        .or_else(|_| jsonschema::validator_for(&value))
         .map_err(|e| format!("schema {shown}: does not compile: {e}"))?;
     Ok(Schema {
         path: shown.into(),
@@ -106,6 +114,7 @@ pub struct ValidateStage {
     unmatched: Unmatched,
     passed: Counter,
     rejected: Counter,
+    scratch: Scratch,
 }
 
 impl ValidateStage {
@@ -126,52 +135,182 @@ impl ValidateStage {
             unmatched: config.unmatched,
             passed: counter("validate_passed_total"),
             rejected: counter("validate_rejected_total"),
-        })
-    }
-
-    fn schema_for(&self, kind: Kind) -> Option<&Schema> {
-        self.all.as_ref().or_else(|| {
-            self.by_kind
-                .iter()
-                .find(|(k, _)| *k == kind)
-                .map(|(_, s)| s)
+            scratch: Scratch::default(),
         })
     }
 }
 
-/// The envelope fields [`crate::document::Document`] writes before the body, added to the body for
-/// the time of a check (and taken out again): the body wins a name collision, as in the document.
-fn add_envelope(record: &Record, body: &mut Map<String, Value>) -> Vec<&'static str> {
-    let mut added = Vec::with_capacity(5);
-    let mut add = |body: &mut Map<String, Value>, name: &'static str, value: Value| {
-        if !body.contains_key(name) {
-            body.insert(name.to_string(), value);
-            added.push(name);
+/// The schema a record of `kind` is checked against: the one for all, or its kind's.
+fn schema_for<'a>(
+    all: &'a Option<Schema>,
+    by_kind: &'a [(Kind, Schema)],
+    kind: Kind,
+) -> Option<&'a Schema> {
+    all.as_ref()
+        .or_else(|| by_kind.iter().find(|(k, _)| *k == kind).map(|(_, s)| s))
+}
+
+/// The most reading objects kept for reuse (a frame with more builds the rest each time).
+const MAX_KEPT_ROWS: usize = 1024;
+
+/// What the stage reuses from one check to the next, so that building the document to check costs
+/// next to no allocation: the envelope's names and texts, and the JSON objects of readings.
+#[derive(Default)]
+struct Scratch {
+    /// Envelope entries taken out of the last document: name and value, their buffers reused.
+    envelope: Vec<(String, Value)>,
+    /// Reading objects of earlier documents, refilled in place when their shape fits.
+    rows: Vec<Value>,
+}
+
+fn set_text(slot: &mut Value, text: &str) {
+    match slot {
+        Value::String(s) => {
+            s.clear();
+            s.push_str(text);
         }
+        other => *other = Value::String(text.to_string()),
+    }
+}
+
+/// Whether `row` is an object with exactly the fields [`Reading::to_json`] gives `r`, in order.
+fn fits(row: &Value, r: &Reading) -> bool {
+    let Value::Object(map) = row else {
+        return false;
     };
-    add(body, "source", Value::String(record.source.to_string()));
-    add(
-        body,
-        "kind",
-        Value::String(record.kind.as_str().to_string()),
-    );
-    if let Some(device) = &record.device {
-        add(body, "device", Value::String(device.clone()));
+    let optional = [
+        ("channel", r.channel.is_some()),
+        ("type", true),
+        ("ts", true),
+        ("value", true),
+        ("unit", true),
+        ("raw", r.raw.is_some()),
+        ("meta", r.meta.is_some()),
+        ("error_code", r.error_code.is_some()),
+        ("type_code", r.type_code.is_some()),
+    ];
+    let mut names = optional.iter().filter(|(_, on)| *on).map(|(name, _)| *name);
+    map.keys().all(|k| names.next() == Some(k.as_str())) && names.next().is_none()
+}
+
+/// Overwrites `row` with `r` when it has the same fields (set in place, as `to_json` would build
+/// it, without hashing or allocating); otherwise builds it anew.
+fn refill(row: &mut Value, r: &Reading) {
+    if !fits(row, r) {
+        *row = r.to_json();
+        return;
     }
-    add(
-        body,
-        "received_at",
-        Value::String(rfc3339(record.received_at)),
-    );
-    if shows_readings(record.kind, &record.body, &record.readings) {
-        let rows = record
-            .readings
-            .iter()
-            .map(|r| serde_json::to_value(r).unwrap_or(Value::Null))
-            .collect();
-        add(body, READINGS_FIELD, Value::Array(rows));
+    let Value::Object(map) = row else {
+        unreachable!("fits() saw an object")
+    };
+    let mut slots = map.values_mut();
+    let mut next = || slots.next().expect("fits() counted the fields");
+    if let Some(channel) = r.channel {
+        *next() = Value::from(channel);
     }
-    added
+    set_text(next(), &r.key);
+    *next() = Value::from(r.ts);
+    let value = next();
+    match &r.value {
+        ReadingValue::Null => *value = Value::Null,
+        ReadingValue::Int(v) => *value = Value::from(*v),
+        ReadingValue::Float(v) => *value = Value::from(*v),
+        ReadingValue::Text(t) => set_text(value, t),
+    }
+    match &r.unit {
+        Some(unit) => set_text(next(), unit),
+        None => *next() = Value::Null,
+    }
+    for v in [r.raw, r.meta, r.error_code, r.type_code]
+        .into_iter()
+        .flatten()
+    {
+        *next() = Value::from(v);
+    }
+}
+
+impl Scratch {
+    /// Adds the envelope fields [`crate::document::Document`] writes before the body, for the
+    /// time of a check (see [`Scratch::take_back`]): the body wins a name collision, as in the
+    /// document. Returns the names added.
+    fn add_envelope(&mut self, record: &Record, body: &mut Map<String, Value>) -> Added {
+        let mut added = Added::default();
+        let mut add =
+            |body: &mut Map<String, Value>, name: &'static str, text: &dyn Fn(&mut String)| {
+                if body.contains_key(name) {
+                    return;
+                }
+                let (mut key, mut value) = self
+                    .envelope
+                    .pop()
+                    .unwrap_or_else(|| (String::new(), Value::String(String::new())));
+                key.clear();
+                key.push_str(name);
+                if !value.is_string() {
+                    value = Value::String(String::new());
+                }
+                if let Value::String(s) = &mut value {
+                    s.clear();
+                    text(s);
+                }
+                body.insert(key, value);
+                added.push(name);
+            };
+        add(body, "source", &|s| s.push_str(&record.source));
+        add(body, "kind", &|s| s.push_str(record.kind.as_str()));
+        if let Some(device) = &record.device {
+            add(body, "device", &|s| s.push_str(device));
+        }
+        add(body, "received_at", &|s| {
+            write_rfc3339(record.received_at, s)
+        });
+        if shows_readings(record.kind, &record.body, &record.readings) {
+            let mut rows = std::mem::take(&mut self.rows);
+            let spare = rows.split_off(record.readings.len().min(rows.len()));
+            for (i, r) in record.readings.iter().enumerate() {
+                match rows.get_mut(i) {
+                    Some(row) => refill(row, r),
+                    None => rows.push(r.to_json()),
+                }
+            }
+            self.rows = spare;
+            body.insert(READINGS_FIELD.to_string(), Value::Array(rows));
+            added.push(READINGS_FIELD);
+        }
+        added
+    }
+
+    /// Takes the `added` envelope fields out of a checked body again (they were inserted last, so
+    /// nothing shifts), keeping their buffers for the next check.
+    fn take_back(&mut self, body: &mut Map<String, Value>, added: &Added) {
+        for name in added.names[..added.len].iter().rev() {
+            let Some((key, value)) = body.shift_remove_entry(*name) else {
+                continue;
+            };
+            match value {
+                Value::Array(mut rows) if key == READINGS_FIELD => {
+                    rows.append(&mut self.rows);
+                    rows.truncate(MAX_KEPT_ROWS);
+                    self.rows = rows;
+                }
+                value => self.envelope.push((key, value)),
+            }
+        }
+    }
+}
+
+/// The names [`Scratch::add_envelope`] added to a body: at most the five envelope fields.
+#[derive(Default)]
+struct Added {
+    names: [&'static str; 5],
+    len: usize,
+}
+
+impl Added {
+    fn push(&mut self, name: &'static str) {
+        self.names[self.len] = name;
+        self.len += 1;
+    }
 }
 
 impl Stage for ValidateStage {
@@ -180,7 +319,7 @@ impl Stage for ValidateStage {
     }
 
     fn process(&mut self, mut record: Record, out: &mut Vec<Record>) {
-        let Some(schema) = self.schema_for(record.kind) else {
+        let Some(schema) = schema_for(&self.all, &self.by_kind, record.kind) else {
             if self.unmatched == Unmatched::DeadLetter {
                 self.rejected.inc();
                 let reason = format!(
@@ -195,15 +334,13 @@ impl Stage for ValidateStage {
         };
         // The document as one value without copying the body: moved in, checked, moved back.
         let mut body = std::mem::take(&mut record.body);
-        let added = add_envelope(&record, &mut body);
+        let added = self.scratch.add_envelope(&record, &mut body);
         let document = Value::Object(body);
         if schema.validator.is_valid(&document) {
             let Value::Object(mut body) = document else {
                 unreachable!("built as an object above")
             };
-            for name in added.iter().rev() {
-                body.shift_remove(*name);
-            }
+            self.scratch.take_back(&mut body, &added);
             record.body = body;
             self.passed.inc();
             out.push(record);
@@ -251,6 +388,7 @@ mod tests {
     use super::*;
     use crate::record::{Delivery, Origin, Outcome};
     use bytes::Bytes;
+    use serde_json::json;
 
     const SCHEMA: &str = r#"{
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -288,6 +426,170 @@ mod tests {
         r.kind = Kind::Telemetry;
         r.body = body.as_object().unwrap().clone();
         (r, watch)
+    }
+
+    #[test]
+    fn reused_buffers_never_show_an_earlier_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rows.schema.json");
+        std::fs::write(
+            &path,
+            r#"{"properties": {
+                "source": {"const": "src"},
+                "measurements": {"items": {"properties": {"value": {"type": ["number", "null"]}}}}
+            }}"#,
+        )
+        .unwrap();
+        let mut stage = ValidateStage::new(
+            "validate-test-rows",
+            &ValidateConfig {
+                schema: Some(path),
+                schemas: BTreeMap::new(),
+                unmatched: Unmatched::Pass,
+            },
+        )
+        .unwrap();
+        // Every reading its own time, so that a row not refilled shows.
+        let clock = std::cell::Cell::new(1_736_935_262);
+        let reading = |channel: Option<u32>, value: ReadingValue| Reading {
+            channel,
+            key: "temperature".into(),
+            ts: clock.replace(clock.get() + 60),
+            value,
+            unit: Some("degC".into()),
+            raw: Some(215),
+            meta: None,
+            error_code: None,
+            type_code: None,
+        };
+        let error_row = Reading {
+            value: ReadingValue::Null,
+            raw: None,
+            error_code: Some(8_355_841),
+            ..reading(Some(2), ReadingValue::Null)
+        };
+        let metered = Reading {
+            key: "co2_gas".into(),
+            meta: Some(1),
+            unit: Some("ppm".into()),
+            ..reading(Some(3), ReadingValue::Int(812))
+        };
+        let text = reading(Some(1), ReadingValue::Text("ok".into()));
+        let text = || text.clone();
+        let float = |v: f64| reading(Some(1), ReadingValue::Float(v));
+        // (readings, a body of its own, passes)
+        let cases: Vec<(Vec<Reading>, Value, bool)> = vec![
+            (vec![float(21.5), float(22.0)], json!({}), true),
+            (
+                vec![error_row.clone(), text(), metered.clone()],
+                json!({}),
+                false,
+            ),
+            (
+                vec![reading(None, ReadingValue::Int(7))],
+                json!({"x": 1}),
+                true,
+            ),
+            (
+                vec![error_row.clone(), float(1.0), metered.clone()],
+                json!({}),
+                true,
+            ),
+            (vec![float(3.0)], json!({"source": "other"}), false),
+            (vec![], json!({}), true),
+            (
+                vec![metered.clone(), error_row.clone(), float(-4.5), float(9.0)],
+                json!({}),
+                true,
+            ),
+            // The same shapes again: every row refilled in place, the last with a state.
+            (
+                vec![
+                    Reading {
+                        value: ReadingValue::Int(900),
+                        ..metered.clone()
+                    },
+                    error_row.clone(),
+                    float(-1.0),
+                    float(2.0),
+                ],
+                json!({}),
+                true,
+            ),
+            (
+                vec![metered, error_row, float(1.0), text()],
+                json!({}),
+                false,
+            ),
+        ];
+        for (i, (readings, body, passes)) in cases.into_iter().enumerate() {
+            let (mut r, _watch) = record(body.clone());
+            r.kind = Kind::Measurements;
+            r.device = Some(format!("DEV{i}"));
+            r.readings = readings;
+            let expected = serde_json::to_value(crate::document::Document(&r)).unwrap();
+            let mut out = Vec::new();
+            stage.process(r, &mut out);
+            let got = out.pop().unwrap();
+            if passes {
+                assert_eq!(got.kind, Kind::Measurements, "case {i}: {:?}", got.body);
+                assert_eq!(
+                    Value::Object(got.body.clone()),
+                    body,
+                    "case {i}: body as it was"
+                );
+                let document = serde_json::to_value(crate::document::Document(&got)).unwrap();
+                assert_eq!(document, expected, "case {i}");
+            } else {
+                assert_eq!(got.kind, Kind::DeadLetter, "case {i}");
+                assert_eq!(
+                    got.body["document"], expected,
+                    "case {i}: the document checked"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn patterns_with_look_around_compile_and_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("look.schema.json");
+        // Look-ahead is beyond the fast engine: the schema still compiles, with the other one.
+        std::fs::write(
+            &path,
+            r#"{"properties": {"tag": {"type": "string", "pattern": "^(?!test-)[a-z-]+$"}}}"#,
+        )
+        .unwrap();
+        let schema = compile(&path).unwrap();
+        assert!(
+            schema
+                .validator
+                .is_valid(&serde_json::json!({"tag": "plant-one"}))
+        );
+        assert!(
+            !schema
+                .validator
+                .is_valid(&serde_json::json!({"tag": "test-one"}))
+        );
+        std::fs::write(
+            &path,
+            r#"{"properties": {"id": {"pattern": "^[0-9a-f]{8}$"}}}"#,
+        )
+        .unwrap();
+        let schema = compile(&path).unwrap();
+        assert!(
+            schema
+                .validator
+                .is_valid(&serde_json::json!({"id": "0590aa01"}))
+        );
+        assert!(
+            !schema
+                .validator
+                .is_valid(&serde_json::json!({"id": "0590AA01"}))
+        );
+        std::fs::write(&path, r#"{"pattern": "(unclosed"}"#).unwrap();
+        let err = compile(&path).err().unwrap();
+        assert!(err.contains("does not compile"), "{err}");
     }
 
     #[test]
