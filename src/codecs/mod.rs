@@ -2,6 +2,7 @@
 
 pub mod efento;
 pub mod enocean;
+pub mod json;
 
 /// FNV-1a, 64 bit: small, allocation-free and the same in every process and build, so keys made with
 /// it can be shared between instances (a dedupe store).
