@@ -99,34 +99,67 @@ const FLESPI_ASIDE: &[&str] = &[
     "server.timestamp",
 ];
 
+/// What a preset sets.
+struct PresetFields {
+    device: &'static str,
+    time: Option<&'static str>,
+    readings: &'static str,
+    exclude: &'static [&'static str],
+    keep: &'static [(&'static str, &'static str)],
+    first_is_gateway: bool,
+}
+
+impl PresetFields {
+    const NONE: PresetFields = PresetFields {
+        device: "",
+        time: None,
+        readings: "",
+        exclude: &[],
+        keep: &[],
+        first_is_gateway: false,
+    };
+}
+
 impl JsonMapping {
     /// The mapping with its preset applied, or what is missing.
     pub fn resolve(&self) -> Result<Mapping, String> {
-        let (device, time, readings, exclude, keep, gateway): (
-            &str,
-            Option<&str>,
-            &str,
-            &[&str],
-            &[(&str, &str)],
-            bool,
-        ) = match self.preset {
-            Some(Preset::Flespi) => (
-                "/ident",
-                Some("/timestamp"),
-                "",
-                FLESPI_ASIDE,
-                &[
+        let preset = match self.preset {
+            Some(Preset::Flespi) => PresetFields {
+                device: "/ident",
+                time: Some("/timestamp"),
+                readings: "",
+                exclude: FLESPI_ASIDE,
+                keep: &[
                     ("device_id", "/device.id"),
                     ("device_name", "/device.name"),
                     ("channel_id", "/channel.id"),
                     ("protocol_id", "/protocol.id"),
                 ],
-                false,
-            ),
-            Some(Preset::Iotconnect) => ("/uniqueId", Some("/time"), "/data", &[], &[], true),
-            Some(Preset::AwsEvent) => ("/deviceId", Some("/timestamp"), "/event", &[], &[], false),
-            None => ("", None, "", &[], &[], false),
+                first_is_gateway: false,
+            },
+            Some(Preset::Iotconnect) => PresetFields {
+                device: "/uniqueId",
+                time: Some("/time"),
+                readings: "/data",
+                first_is_gateway: true,
+                ..PresetFields::NONE
+            },
+            Some(Preset::AwsEvent) => PresetFields {
+                device: "/deviceId",
+                time: Some("/timestamp"),
+                readings: "/event",
+                ..PresetFields::NONE
+            },
+            None => PresetFields::NONE,
         };
+        let PresetFields {
+            device,
+            time,
+            readings,
+            exclude,
+            keep,
+            first_is_gateway: gateway,
+        } = preset;
         let device = self.device.clone().unwrap_or_else(|| device.to_string());
         if device.is_empty() {
             return Err(
