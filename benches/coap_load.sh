@@ -22,8 +22,18 @@ done >"$work/devices.toml"
 (cd "$work" && exec "$bin" run) 2>"$work/server.log" &
 server=$!
 sleep 1
+# CPU seconds the server has used so far (user + system clock ticks from /proc).
+cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$server/stat"; }
+before=$(cpu)
 "$bin" loadgen coap --target 127.0.0.1:5799 --devices "$devices" --sockets 512 \
-  --duration "$duration" --verify "$work/data/lake"
+  --duration "$duration" --verify "$work/data/lake" | tee "$work/loadgen.out"
+after=$(cpu)
+# Robust against a busy machine, where frames/s is not: the server's CPU per acknowledged frame.
+acked=$(sed -n 's/^verify: \([0-9]*\) frames acknowledged.*/\1/p' "$work/loadgen.out")
+if [ -n "$acked" ] && [ "$acked" -gt 0 ]; then
+  awk -v a="$before" -v b="$after" -v n="$acked" \
+    'BEGIN {printf "server cpu: %.2f s, %.1f us per acknowledged frame\n", b - a, (b - a) * 1e6 / n}'
+fi
 kill -TERM "$server"
 wait "$server"
 echo "files written: $(find "$work/data/lake" -name '*.parquet' | wc -l)"
