@@ -268,7 +268,7 @@ mod tests {
         assert_eq!(bits(&data, 0, 3), Some(0b101));
         assert_eq!(bits(&data, 16, 8), Some(0x7f));
         assert_eq!(bits(&data, 28, 1), Some(1));
-        assert_eq!(bits(&data, 12, 8), Some(0x08));
+        assert_eq!(bits(&data, 12, 8), Some(0x07));
         assert_eq!(bits(&data, 30, 8), None);
     }
 
