@@ -1,10 +1,11 @@
 //! A hostile test plugin: `decode` allocates a megabyte at a time and keeps it, without end.
-//! The host's memory cap must stop it.
+//! The host's memory cap must stop it. The megabytes are reserved, not written, so the plugin
+//! reaches the cap long before its fuel runs out.
 
 #![no_std]
 extern crate alloc;
 
-use alloc::{vec, vec::Vec};
+use alloc::vec::Vec;
 use sensorgate_plugin_sdk::*;
 
 struct MemoryBomb;
@@ -21,7 +22,9 @@ impl Guest for MemoryBomb {
     fn decode(_frame: Frame) -> Result<Output, DecodeError> {
         let mut hoard: Vec<Vec<u8>> = Vec::new();
         loop {
-            hoard.push(core::hint::black_box(vec![0xAB; 1 << 20]));
+            let mut block: Vec<u8> = Vec::with_capacity(1 << 20);
+            block.push(0xAB);
+            hoard.push(core::hint::black_box(block));
         }
     }
 }

@@ -894,7 +894,8 @@ impl Runner {
 }
 
 fn classify(limits: Option<&MemoryCap>, error: &wasmtime::Error) -> (Reason, String) {
-    let message = format!("{error:#}");
+    // The root cause, without the wasm backtrace that the error carries as context.
+    let message = clip(error.root_cause().to_string());
     if limits.is_some_and(|l| l.exceeded) {
         return (Reason::Memory, message);
     }
