@@ -3,6 +3,8 @@
 # tests, benches and the example pipeline find them. Installs the target with rustup if missing.
 set -euo pipefail
 cd "$(dirname "$0")"
+# The plugins are a workspace of their own with their own target directory, whatever the caller uses.
+export CARGO_TARGET_DIR="$PWD/target"
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
   echo "==> rustup target add wasm32-wasip2"
   rustup target add wasm32-wasip2

@@ -254,7 +254,7 @@ pub fn parse(path: &str, text: &str) -> Result<(Devices, Vec<Warning>), Registry
                 })?;
                 if eep::lookup(&normalized).is_none() {
                     warnings.push(Warning(format!(
-                        "{path}: {at}: no built-in decoder for EEP {normalized}; its telegrams will give EEP_NOT_FOUND_ERROR events (see `sensorgate decode esp3 --list-eeps`)"
+                        "{path}: {at}: no built-in decoder for EEP {normalized}; unless a decoder plugin declares it, its telegrams will give EEP_NOT_FOUND_ERROR events (see `sensorgate decode esp3 --list-eeps` and `sensorgate plugins list`)"
                     )));
                 }
                 Some(normalized)

@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -57,14 +57,6 @@ fn install(dist: &Path, dir: &Path, names: &[&str]) {
         let file = format!("{name}.wasm");
         std::fs::copy(dist.join(&file), plugins.join(&file)).unwrap();
     }
-}
-
-fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// An ERP1 4BS telegram (RORG A5) from `sender`, as ESP3, heard at -60 dBm.
@@ -165,31 +157,17 @@ dead_letter = "rejects"
     )
 }
 
-const DEVICES: &str = r#"
-[[devices]]
-eurid = "0180a1c0"
-eep = "a5-20-01"
-friendly_id = "Valve 1"
-location = "Room 101"
-
-[[devices]]
-eurid = "0180a1b2"
-eep = "a5-02-05"
-friendly_id = "Temperature 1"
-location = "Room 221"
-
-[[devices]]
-eurid = "0180a1b3"
-eep = "a5-04-01"
-friendly_id = "Climate 1"
-location = "Room 222"
-"#;
+/// The registry of vectors 06 and 07, and a valve (A5-20-01, no built-in profile).
+fn devices() -> String {
+    let valve = "[[devices]]\neurid = \"0180a1c0\"\neep = \"a5-20-01\"\nfriendly_id = \"Valve 1\"\nlocation = \"Room 101\"\n";
+    format!("{valve}{}", common::ENOCEAN_DEVICES)
+}
 
 fn start(dist: &Path, plugins: &[&str], prefer: &str) -> (common::Running, u16) {
     let dir = tempfile::tempdir().unwrap();
     install(dist, dir.path(), plugins);
-    std::fs::write(dir.path().join("devices.toml"), DEVICES).unwrap();
-    let ws_port = free_tcp_port();
+    std::fs::write(dir.path().join("devices.toml"), devices()).unwrap();
+    let ws_port = common::free_tcp_port();
     let running = common::Running::start_pipeline(dir, &pipeline(ws_port, prefer, "200ms"));
     wait_listening(ws_port, &|| running.log());
     (running, ws_port)
@@ -516,7 +494,7 @@ eurid = "0180a1c0"
 eep = "a5-20-01"
 "#;
     std::fs::write(dir.path().join("devices.toml"), devices).unwrap();
-    let ws_port = free_tcp_port();
+    let ws_port = common::free_tcp_port();
     let base = dir.path().display().to_string();
     let toml = pipeline(ws_port, "builtin", "0s")
         .replace("@PORT@", "0")
@@ -755,9 +733,8 @@ from = ["vendor"]
 stages = [{ type = "decode", codec = "plugin", plugin = "flespi" }]
 to = ["out"]
 "#;
-    let report = sensorgate::config::load_str("pipeline.toml", toml, &|_| None)
-        .err()
-        .expect("errors");
+    let report =
+        sensorgate::config::load_str("pipeline.toml", toml, &|_| None).expect_err("errors");
     let text = report.to_string();
     assert!(text.contains("pipeline.toml:13:11: error"), "{text}");
     assert!(text.contains("no [plugins] section"), "{text}");
@@ -768,8 +745,7 @@ to = ["out"]
 
     let with_plugins = format!("[plugins]\ndir = \"/nonexistent/plugins\"\nmemory_mib = 0\n{toml}");
     let text = sensorgate::config::load_str("pipeline.toml", &with_plugins, &|_| None)
-        .err()
-        .expect("errors")
+        .expect_err("errors")
         .to_string();
     assert!(text.contains("pipeline.toml:2:7: error: [plugins]: plugin directory /nonexistent/plugins does not exist"), "{text}");
     assert!(

@@ -544,21 +544,9 @@ impl Engine {
             match result {
                 Ok(points) => data = points,
                 Err(failure) if failure.reason.is_decode_error() => {
-                    return Ok(self.refuse(
-                        out,
-                        Some(&device),
-                        sender,
-                        Category::Transcoding,
-                        "EEP_DECODE_ERROR",
-                        format!(
-                            "Telegram from device with id={} could not be decoded with EEP {} ({failure}).",
-                            device.id,
-                            device.eep.as_deref().unwrap_or_default()
-                        ),
-                        &[],
-                        unix,
-                        Some(&telegram),
-                    ));
+                    let eep = device.eep.as_deref().unwrap_or_default();
+                    let reason = format!("({failure})");
+                    return Ok(self.decode_error(out, &device, eep, &reason, unix, &telegram));
                 }
                 Err(failure) => {
                     // The plugin misbehaved, not the device: the frame goes to dead letter with
@@ -596,20 +584,8 @@ impl Engine {
                 telegram.status,
                 &mut data,
             ) {
-                return Ok(self.refuse(
-                    out,
-                    Some(&device),
-                    sender,
-                    Category::Transcoding,
-                    "EEP_DECODE_ERROR",
-                    format!(
-                        "Telegram from device with id={} could not be decoded with EEP {}: {e}.",
-                        device.id, profile.id
-                    ),
-                    &[],
-                    unix,
-                    Some(&telegram),
-                ));
+                let reason = format!(": {e}");
+                return Ok(self.decode_error(out, &device, profile.id, &reason, unix, &telegram));
             }
         }
 
@@ -641,6 +617,34 @@ impl Engine {
             body,
         });
         Ok(true)
+    }
+
+    /// `EEP_DECODE_ERROR`: the telegram does not fit the device's profile (`reason` follows the
+    /// EEP in the message).
+    fn decode_error(
+        &mut self,
+        out: &mut Vec<Output>,
+        device: &Device,
+        eep: &str,
+        reason: &str,
+        unix: f64,
+        telegram: &Telegram,
+    ) -> bool {
+        let message = format!(
+            "Telegram from device with id={} could not be decoded with EEP {eep}{reason}.",
+            device.id
+        );
+        self.refuse(
+            out,
+            Some(device),
+            telegram.sender,
+            Category::Transcoding,
+            "EEP_DECODE_ERROR",
+            message,
+            &[],
+            unix,
+            Some(telegram),
+        )
     }
 
     /// The telegram is not processed: counts it so for the sender and reports why as an event.
