@@ -31,7 +31,8 @@ echo "==> decoder plugins (plugins/build.sh: wasm32-wasip2, installs the target 
 ./plugins/build.sh
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
-(cd plugins && export CARGO_TARGET_DIR="$PWD/target" && cargo fmt --all -- --check && cargo test --locked -p sensorgate-plugin-sdk)
+(cd plugins && export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}${CARGO_TARGET_DIR:+/plugins}" \
+  && cargo fmt --all -- --check && cargo test --locked -p sensorgate-plugin-sdk)
 echo "==> cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "==> benches in test mode (each benchmark runs once, so they cannot rot)"
