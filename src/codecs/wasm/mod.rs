@@ -24,6 +24,10 @@ mod bindings {
     wasmtime::component::bindgen!({
         world: "decoder",
         path: "plugins/wit",
+        // Frames are lowered straight from the caller's bytes and strings: no copies on the host.
+        ownership: Borrowing {
+            duplicate_if_necessary: true
+        },
     });
 }
 
@@ -281,8 +285,8 @@ pub struct PluginSet {
     pub plugins: Vec<Arc<Plugin>>,
     /// Files that did not load, and declarations that clash with an earlier file's.
     pub failures: Vec<LoadFailure>,
-    /// `a5-20-01` -> index in `plugins`.
-    eeps: HashMap<String, usize>,
+    /// `a5-20-01` -> index in `plugins`, and the profile as frames name it (`eep:a5-20-01`).
+    eeps: HashMap<String, (usize, String)>,
     /// `flespi` -> index in `plugins`.
     vendors: HashMap<String, usize>,
     stamps: BTreeMap<PathBuf, Stamp>,
@@ -292,7 +296,7 @@ impl PluginSet {
     /// The plugin that decodes `profile` (`eep:a5-20-01`, `vendor:flespi`).
     pub fn find(&self, profile: &str) -> Option<&Arc<Plugin>> {
         let index = match parse_profile(profile)? {
-            Profile::Eep(eep) => self.eeps.get(&eep)?,
+            Profile::Eep(eep) => &self.eeps.get(&eep)?.0,
             Profile::Vendor(name) => self.vendors.get(&name)?,
         };
         self.plugins.get(*index)
@@ -639,23 +643,33 @@ impl PluginSet {
     fn add(&mut self, plugin: Arc<Plugin>) {
         let index = self.plugins.len();
         for declared in &plugin.decodes {
-            let (table, key) = match parse_profile(declared) {
-                Some(Profile::Eep(eep)) => (&mut self.eeps, eep),
-                Some(Profile::Vendor(name)) => (&mut self.vendors, name),
-                None => continue,
+            let taken = match parse_profile(declared) {
+                Some(Profile::Eep(eep)) => match self.eeps.get(&eep) {
+                    Some(&(other, _)) => Some(other),
+                    None => {
+                        let profile = format!("eep:{eep}");
+                        self.eeps.insert(eep, (index, profile));
+                        None
+                    }
+                },
+                Some(Profile::Vendor(name)) => match self.vendors.get(&name) {
+                    Some(&other) => Some(other),
+                    None => {
+                        self.vendors.insert(name, index);
+                        None
+                    }
+                },
+                None => None,
             };
-            match table.get(&key) {
-                Some(&other) => self.failures.push(LoadFailure {
+            if let Some(other) = taken {
+                self.failures.push(LoadFailure {
                     file: plugin.file.clone(),
                     error: format!(
                         "{declared} is already decoded by {} ({}); this plugin is not used for it",
                         self.plugins[other].name,
                         self.plugins[other].file.display()
                     ),
-                }),
-                None => {
-                    table.insert(key, index);
-                }
+                });
             }
         }
         self.plugins.push(plugin);
@@ -800,12 +814,13 @@ impl Runner {
         frame: FrameRef<'_>,
     ) -> Option<Result<Vec<DataPoint>, Failure>> {
         self.refresh();
-        let plugin = self.set.plugins.get(*self.set.eeps.get(eep)?)?.clone();
-        let profile = format!("eep:{eep}");
+        let set = self.set.clone();
+        let (index, profile) = set.eeps.get(eep)?;
+        let plugin = set.plugins.get(*index)?;
         Some(
-            self.call(&plugin, &profile, frame)
+            self.call(plugin, profile, frame)
                 .and_then(|output| readings(output).map_err(|m| (Reason::BadOutput, m)))
-                .map_err(|(reason, message)| self.fail(&plugin, profile, reason, message)),
+                .map_err(|(reason, message)| self.fail(plugin, profile, reason, message)),
         )
     }
 
@@ -821,20 +836,12 @@ impl Runner {
         Some(
             self.call(&plugin, profile, frame)
                 .and_then(|output| documents(output).map_err(|m| (Reason::BadOutput, m)))
-                .map_err(|(reason, message)| {
-                    self.fail(&plugin, profile.to_string(), reason, message)
-                }),
+                .map_err(|(reason, message)| self.fail(&plugin, profile, reason, message)),
         )
     }
 
     /// Counts a failure and drops the instance unless the plugin merely answered with an error.
-    fn fail(
-        &mut self,
-        plugin: &Plugin,
-        profile: String,
-        reason: Reason,
-        message: String,
-    ) -> Failure {
+    fn fail(&mut self, plugin: &Plugin, profile: &str, reason: Reason, message: String) -> Failure {
         plugin.counters.failure(reason).inc();
         if !reason.is_decode_error() {
             self.live.remove(&plugin.id);
@@ -842,7 +849,7 @@ impl Runner {
         }
         Failure {
             plugin: plugin.name.clone(),
-            profile,
+            profile: profile.to_string(),
             reason,
             message,
         }
@@ -866,14 +873,14 @@ impl Runner {
             }
         };
         let wit_frame = wit::Frame {
-            payload: frame.payload.to_vec(),
-            device: frame.device.to_string(),
-            profile: profile.to_string(),
+            payload: frame.payload,
+            device: frame.device,
+            profile,
             transport: wit::Transport {
                 rorg: frame.rorg,
                 status: frame.status,
-                gateway: frame.gateway.map(str::to_string),
-                route: frame.route.map(str::to_string),
+                gateway: frame.gateway,
+                route: frame.route,
             },
         };
         live.store.data_mut().logged = 0;
@@ -881,7 +888,7 @@ impl Runner {
             return Err((Reason::Trap, e.to_string()));
         }
         plugin.counters.calls.inc();
-        let result = live.decoder.call_decode(&mut live.store, &wit_frame);
+        let result = live.decoder.call_decode(&mut live.store, wit_frame);
         let left = live.store.get_fuel().unwrap_or(0);
         plugin.counters.fuel.add(config.fuel.saturating_sub(left));
         match result {
