@@ -580,7 +580,8 @@ eep = "a5-20-01"
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wasm_file_copied_into_the_plugin_directory_is_decodable_without_a_restart() {
+async fn a_wasm_file_copied_into_the_plugin_directory_is_decodable_and_a_changed_one_replaces_it_without_a_restart()
+ {
     let Some(dist) = dist() else { return };
     let (running, ws_port) = start(&dist, &[], "builtin");
     let valve = telegram_4bs([0x32, 0x62, 0x80, 0x08], 0x0180_a1c0);
@@ -619,6 +620,31 @@ async fn a_wasm_file_copied_into_the_plugin_directory_is_decodable_without_a_res
         reading("valvePosition", json!(50), Some("%"), None)
     );
     assert!(running.log().contains("plugin loaded"));
+
+    // A changed file replaces what the old one declared: the same name now holds a plugin for
+    // another profile, so A5-20-01 is unknown again.
+    let not_found = |telemetry: &Path| {
+        of_device(telemetry, "0180a1c0")
+            .iter()
+            .filter(|d| d.to_string().contains("EEP_NOT_FOUND_ERROR"))
+            .count()
+    };
+    let before = not_found(&telemetry);
+    std::fs::copy(dist.join("parity-a5-02-05.wasm"), &partial).unwrap();
+    std::fs::rename(&partial, &target).unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        send(ws_port, std::slice::from_ref(&valve)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if not_found(&telemetry) > before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the changed plugin file was not picked up; log:\n{}",
+            running.log()
+        );
+    }
 }
 
 #[test]
