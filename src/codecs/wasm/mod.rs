@@ -34,7 +34,7 @@ mod bindings {
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -453,24 +453,8 @@ impl Host {
         if every.is_zero() {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let weak: Weak<Host> = Arc::downgrade(self);
-        runtime.spawn(async move {
-            let mut ticker = tokio::time::interval(every);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                let Some(host) = weak.upgrade() else { break };
-                // Compiling takes milliseconds to seconds: not on a runtime worker.
-                if tokio::task::spawn_blocking(move || host.reload_if_changed())
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
+        crate::registry::poll_while_alive(self, every, true, |host| {
+            host.reload_if_changed();
         });
     }
 
