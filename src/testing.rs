@@ -44,7 +44,7 @@ pub const DEAD_LETTER: &str = "dead_letter";
 /// Keys of a test file that are not part of the pipeline.
 const TEST_KEYS: &[&str] = &["tests", "pipeline", "registry"];
 /// Keys a pipeline may have at the top level.
-const PIPELINE_KEYS: &[&str] = &["sources", "sinks", "flows"];
+const PIPELINE_KEYS: &[&str] = &["sources", "sinks", "flows", "plugins"];
 /// Lines of an actual document shown under a failure.
 const SHOWN_DOCUMENT_LINES: usize = 60;
 /// Characters of one value shown in a mismatch line.
@@ -71,6 +71,8 @@ pub struct TestCase {
     no_output_at: Vec<String>,
     /// Every document that arrives must be expected.
     exhaustive: bool,
+    /// The pipeline's `[plugins]`, loaded afresh for each run.
+    plugins: Option<crate::codecs::wasm::PluginsConfig>,
 }
 
 /// One `[[tests.outputs]]` entry.
@@ -666,6 +668,7 @@ fn test_case(
         expected,
         no_output_at,
         exhaustive: model.exhaustive,
+        plugins: config.plugins.clone(),
     })
 }
 
@@ -1151,7 +1154,11 @@ impl TestCase {
     /// Builds the flow's stages afresh, runs every input through them (firing due timers after each
     /// input, and flushing at the end), and returns what reached each sink, in order.
     pub async fn run(&self) -> anyhow::Result<BTreeMap<String, Vec<Arrival>>> {
-        let mut stages = stages::build(&self.flow.name, &self.flow.stages)?;
+        let plugins = match &self.plugins {
+            Some(c) => Some(crate::codecs::wasm::Host::open(c)?),
+            None => None,
+        };
+        let mut stages = stages::build(&self.flow.name, &self.flow.stages, plugins.as_ref())?;
         let mut arrivals = BTreeMap::new();
         for input in &self.inputs {
             for record in input {

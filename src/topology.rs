@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::codecs::wasm;
 use crate::config::{FlowConfig, PipelineConfig, SinkKind, SourceKind};
 use crate::downlink::Downlinks;
 use crate::metrics::{self, Counter};
@@ -59,6 +60,18 @@ impl Pipeline {
             sinks.push((format!("sink `{name}`"), handle));
         }
 
+        // Compiling plugins can take a while on a cold cache: off the runtime's workers.
+        let plugins = match config.plugins.clone() {
+            Some(c) => {
+                let host = tokio::task::spawn_blocking(move || wasm::Host::open(&c))
+                    .await
+                    .context("loading plugins")?
+                    .context("[plugins]")?;
+                host.watch();
+                Some(host)
+            }
+            None => None,
+        };
         let mut flow_inputs: BTreeMap<String, Vec<mpsc::Sender<Record>>> = BTreeMap::new();
         let mut flows = Vec::new();
         for flow in &config.flows {
@@ -69,7 +82,7 @@ impl Pipeline {
                     .or_default()
                     .push(tx.clone());
             }
-            let runner = FlowRunner::new(flow, &sink_senders)?;
+            let runner = FlowRunner::new(flow, &sink_senders, plugins.as_ref())?;
             flows.push((
                 format!("flow `{}`", flow.name),
                 spawn_component(&flow.name, &shutdown, runner.run(rx)),
@@ -223,6 +236,7 @@ impl FlowRunner {
     fn new(
         flow: &FlowConfig,
         sinks: &BTreeMap<String, mpsc::Sender<Record>>,
+        plugins: Option<&Arc<wasm::Host>>,
     ) -> anyhow::Result<Self> {
         let to = flow
             .to
@@ -258,7 +272,7 @@ impl FlowRunner {
             dead_lettered: metrics::counter("dead_lettered_records_total", &[("flow", &flow.name)]),
         };
         Ok(FlowRunner {
-            stages: stages::build(&flow.name, &flow.stages)?,
+            stages: stages::build(&flow.name, &flow.stages, plugins)?,
             router,
             scratch: Vec::new(),
         })

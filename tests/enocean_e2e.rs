@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -15,14 +15,6 @@ use rustls_pki_types::pem::PemObject;
 use sensorgate::codecs::enocean::esp3;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
-
-fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A CA, and a server certificate for 127.0.0.1 signed by it, as PEM files in `dir`.
 fn certificates(dir: &Path) {
@@ -38,19 +30,7 @@ fn certificates(dir: &Path) {
     std::fs::write(dir.join("server-key.pem"), key.serialize_pem()).unwrap();
 }
 
-const DEVICES: &str = r#"
-[[devices]]
-eurid = "0180a1b2"
-eep = "a5-02-05"
-friendly_id = "Temperature 1"
-location = "Room 221"
-
-[[devices]]
-eurid = "0180a1b3"
-eep = "a5-04-01"
-friendly_id = "Climate 1"
-location = "Room 222"
-"#;
+const DEVICES: &str = common::ENOCEAN_DEVICES;
 
 struct Pipeline {
     child: std::process::Child,
@@ -70,7 +50,7 @@ fn start() -> Pipeline {
     let dir = tempfile::tempdir().unwrap();
     certificates(dir.path());
     std::fs::write(dir.path().join("devices.toml"), DEVICES).unwrap();
-    let port = free_tcp_port();
+    let port = common::free_tcp_port();
     let toml = format!(
         r#"
 [sources.gateways]

@@ -95,7 +95,7 @@ fn every_shared_enocean_vector_decodes_as_expected() {
     for (name, v) in vectors() {
         let hex = v["esp3_hex"].as_str().unwrap();
         let expected = &v["expected"];
-        let result = engine::decode_hex(hex, registry_for(&v), None);
+        let result = engine::decode_hex(hex, registry_for(&v), None, None);
         if let Some(error) = expected["error"].as_str() {
             let e = result.expect_err(&name);
             assert!(e.starts_with(error), "{name}: {e}");

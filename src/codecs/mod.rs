@@ -3,6 +3,7 @@
 pub mod efento;
 pub mod enocean;
 pub mod json;
+pub mod wasm;
 
 /// FNV-1a, 64 bit: small, allocation-free and the same in every process and build, so keys made with
 /// it can be shared between instances (a dedupe store).
@@ -24,6 +25,17 @@ impl Fnv1a {
     }
 
     pub fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Lets `Hash` values (wasmtime's compatibility hash) feed the same hash as bytes do.
+impl std::hash::Hasher for Fnv1a {
+    fn write(&mut self, bytes: &[u8]) {
+        Fnv1a::write(self, bytes);
+    }
+
+    fn finish(&self) -> u64 {
         self.0
     }
 }

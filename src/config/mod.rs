@@ -20,11 +20,12 @@ use toml::de::{DeTable, DeValue};
 
 pub use duration::HumanDuration;
 
+use crate::codecs::wasm::PluginsConfig;
 use crate::sinks::jsonl::JsonLinesConfig;
 use crate::sinks::parquet::ParquetConfig;
 use crate::sources::coap::CoapConfig;
 use crate::sources::esp3_websocket::Esp3WebsocketConfig;
-use crate::stages::decode::DecodeConfig;
+use crate::stages::decode::{DecodeConfig, PluginDecodeConfig};
 use crate::stages::dedupe::DedupeConfig;
 use crate::stages::enrich::EnrichConfig;
 use crate::stages::validate::ValidateConfig;
@@ -38,6 +39,8 @@ pub struct PipelineConfig {
     pub sources: BTreeMap<String, SourceConfig>,
     pub sinks: BTreeMap<String, SinkConfig>,
     pub flows: Vec<FlowConfig>,
+    /// `[plugins]`: the decoder plugin directory and its limits.
+    pub plugins: Option<PluginsConfig>,
 }
 
 /// A source: where frames come from.
@@ -90,6 +93,8 @@ pub struct FlowConfig {
 pub enum StageConfig {
     /// `{ type = "decode", codec = "efento" }`
     Decode(DecodeConfig),
+    /// `{ type = "decode", codec = "plugin", plugin = "vendor:flespi" }`
+    DecodePlugin(PluginDecodeConfig),
     /// `{ type = "dedupe", key = "esp3", window = "2s", merge = "100ms" }`
     Dedupe(DedupeConfig),
     /// `{ type = "enrich", registry = "devices.toml", target = "meta" }`
@@ -119,7 +124,7 @@ impl SinkKind {
 const SOURCE_TYPES: &[&str] = &["coap", "esp3_websocket"];
 const SINK_TYPES: &[&str] = &["parquet", "json_lines"];
 const STAGE_TYPES: &[&str] = &["decode", "dedupe", "enrich", "validate"];
-const TOP_KEYS: &[&str] = &["sources", "sinks", "flows"];
+const TOP_KEYS: &[&str] = &["sources", "sinks", "flows", "plugins"];
 const FLOW_KEYS: &[&str] = &["name", "from", "stages", "to", "dead_letter", "queue"];
 
 /// The tables of an array of tables (`array`, each an `item`); anything else goes to `report` as
@@ -160,6 +165,13 @@ pub(crate) fn array_of_tables<'a>(
         }
     }
     tables
+}
+
+/// Whether a decode stage's table says `codec = "plugin"`.
+fn is_plugin_codec(table: &DeTable<'_>) -> bool {
+    table
+        .get("codec")
+        .is_some_and(|v| matches!(v.get_ref(), DeValue::String(s) if s == "plugin"))
 }
 
 /// How bad a finding is.
@@ -262,6 +274,7 @@ pub fn load_str(
         text,
         env,
         diagnostics: Vec::new(),
+        has_plugins: false,
     };
     let config = loader.load();
     let mut diagnostics = loader.diagnostics;
@@ -282,6 +295,8 @@ struct Loader<'a> {
     text: &'a str,
     env: &'a dyn Fn(&str) -> Option<String>,
     diagnostics: Vec<Diagnostic>,
+    /// Whether the file has a `[plugins]` section (decode stages with codec "plugin" need one).
+    has_plugins: bool,
 }
 
 /// `[section.NAME]` tables: the name, where it is written, and the table with its span.
@@ -388,6 +403,9 @@ impl<'a> Loader<'a> {
             }
         }
 
+        let plugins = self.plugins(&mut root);
+        self.has_plugins = plugins.is_some();
+
         let mut flows = Vec::new();
         let mut used_sources = BTreeSet::new();
         let mut used_sinks = BTreeSet::new();
@@ -453,7 +471,40 @@ impl<'a> Loader<'a> {
             sources,
             sinks,
             flows,
+            plugins,
         })
+    }
+
+    /// `[plugins]`: the table, checked (the directory exists, limits in range).
+    fn plugins(&mut self, root: &mut DeTable<'a>) -> Option<PluginsConfig> {
+        let value = root.remove("plugins")?;
+        let span = value.span();
+        let table = match value.into_inner() {
+            DeValue::Table(t) => t,
+            other => {
+                self.error(
+                    span,
+                    format!("`plugins` must be a table, found {}", other.type_str()),
+                    Some("write it as [plugins] with dir = \"plugins/dist\"".into()),
+                );
+                return None;
+            }
+        };
+        let spans: Vec<(String, Range<usize>)> = table
+            .iter()
+            .map(|(k, v)| (k.get_ref().to_string(), v.span()))
+            .collect();
+        let config: PluginsConfig =
+            self.deserialize("[plugins]", Spanned::new(span.clone(), table))?;
+        for (key, message, hint) in config.problems() {
+            let at = spans
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, s)| s.clone())
+                .unwrap_or_else(|| span.clone());
+            self.error(at, format!("[plugins]: {message}"), Some(hint));
+        }
+        Some(config)
     }
 
     /// `[sources.NAME]` tables: (name, span of the name, table with its span).
@@ -793,6 +844,21 @@ impl<'a> Loader<'a> {
         let what = format!("{flow}: stage");
         let (kind, _) = self.take_type(&what, span.clone(), &mut table, STAGE_TYPES)?;
         match kind.as_str() {
+            "decode" if is_plugin_codec(table.get_ref()) => {
+                let config: PluginDecodeConfig =
+                    self.deserialize(&format!("{what} `decode`"), table)?;
+                for problem in config.problems() {
+                    self.error(span.clone(), format!("{what} `decode`: {problem}"), None);
+                }
+                if !self.has_plugins {
+                    self.error(
+                        span.clone(),
+                        format!("{what} `decode`: codec \"plugin\" but the file has no [plugins] section"),
+                        Some("add [plugins] with dir = \"plugins/dist\" (the folder of .wasm files)".into()),
+                    );
+                }
+                Some(StageConfig::DecodePlugin(config))
+            }
             "decode" => {
                 let config: DecodeConfig = self.deserialize(&format!("{what} `decode`"), table)?;
                 for problem in config.problems() {

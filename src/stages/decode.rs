@@ -10,13 +10,15 @@ use serde::{Deserialize, Serialize};
 use super::Stage;
 use crate::codecs::efento;
 use crate::codecs::enocean::engine::{self, Engine, EngineOptions};
+use crate::codecs::wasm;
 use crate::config::HumanDuration;
 use crate::metrics::{self, Counter};
 use crate::record::{Kind, Record};
 use crate::registry::Registry;
 
-/// `{ type = "decode", codec = "efento" }` or
-/// `{ type = "decode", codec = "esp3", registry = "devices.toml", stats_interval = "10m" }`
+/// `{ type = "decode", codec = "efento" }`,
+/// `{ type = "decode", codec = "esp3", registry = "devices.toml", stats_interval = "10m" }` or
+/// `{ type = "decode", codec = "plugin", plugin = "vendor:flespi" }`
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DecodeConfig {
@@ -35,6 +37,31 @@ pub struct DecodeConfig {
     /// esp3: how far ahead of the expected rolling code a secure telegram may be.
     #[serde(default = "default_rlc_window")]
     pub rlc_window: u32,
+}
+
+/// `{ type = "decode", codec = "plugin", plugin = "vendor:flespi" }`: a vendor codec plugin from
+/// the `[plugins]` directory decodes the payload.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginDecodeConfig {
+    /// Always `plugin`.
+    pub codec: Codec,
+    /// What the plugin decodes, as it declares it (`vendor:flespi`; see `sensorgate plugins list`).
+    pub plugin: String,
+}
+
+impl PluginDecodeConfig {
+    /// Semantic problems, for `sensorgate validate`.
+    pub fn problems(&self) -> Vec<String> {
+        let p = &self.plugin;
+        if p.starts_with("vendor:") || p.starts_with("eep:") {
+            Vec::new()
+        } else {
+            vec![format!(
+                "plugin = \"{p}\" is not a profile; write vendor:NAME (e.g. vendor:flespi) or eep:RR-FF-TT"
+            )]
+        }
+    }
 }
 
 fn default_stats_interval() -> HumanDuration {
@@ -59,6 +86,9 @@ impl DecodeConfig {
                     out.push("registry is read by codec \"esp3\" only; remove it here".into());
                 }
             }
+            Codec::Plugin => out.push(
+                "codec \"plugin\" needs plugin = \"vendor:NAME\" (what the plugin declares it decodes; see `sensorgate plugins list`)".into(),
+            ),
             Codec::Esp3 => match &self.registry {
                 None => out.push(
                     "codec \"esp3\" needs registry = \"devices.toml\": without one every telegram is from an unknown device".into(),
@@ -85,6 +115,10 @@ pub enum Codec {
     /// with the device registry's EEPs, plus events and statistics, in the EnOcean IoT Connector's JSON.
     #[serde(alias = "enocean")]
     Esp3,
+    /// A vendor codec plugin (`plugin = "vendor:NAME"`) from the `[plugins]` directory: the
+    /// payload goes to the plugin, and each JSON document it returns becomes a telemetry record
+    /// for the device it names. Any source's bytes will do.
+    Plugin,
 }
 
 pub struct DecodeStage {
@@ -93,6 +127,13 @@ pub struct DecodeStage {
     decoded: Counter,
     rejected: Counter,
     enocean: Option<EnoceanState>,
+    vendor: Option<VendorState>,
+}
+
+/// The plugin codec's state: the flow's plugin instances and the profile to ask for.
+struct VendorState {
+    runner: Option<wasm::Runner>,
+    profile: String,
 }
 
 /// The esp3 codec's state: the engine and when statistics are next due.
@@ -109,9 +150,43 @@ struct EnoceanState {
 
 impl DecodeStage {
     pub fn new(flow: &str, config: &DecodeConfig) -> Self {
+        Self::with_plugins(flow, config, None)
+    }
+
+    /// A vendor codec plugin's decode stage.
+    pub fn vendor(
+        flow: &str,
+        config: &PluginDecodeConfig,
+        plugins: Option<&Arc<wasm::Host>>,
+    ) -> Self {
+        let mut stage = Self::with_plugins(
+            flow,
+            &DecodeConfig {
+                codec: Codec::Plugin,
+                registry: None,
+                stats_interval: default_stats_interval(),
+                chain_timeout: default_chain_timeout(),
+                rlc_window: default_rlc_window(),
+            },
+            plugins,
+        );
+        if let Some(vendor) = stage.vendor.as_mut() {
+            vendor.profile = config.plugin.clone();
+        }
+        stage
+    }
+
+    /// `plugins`: the pipeline's plugin host, if it has a `[plugins]` section; the esp3 codec
+    /// decodes EEPs with them too.
+    pub fn with_plugins(
+        flow: &str,
+        config: &DecodeConfig,
+        plugins: Option<&Arc<wasm::Host>>,
+    ) -> Self {
         let codec = match config.codec {
             Codec::Efento => "efento",
             Codec::Esp3 => "esp3",
+            Codec::Plugin => "plugin",
         };
         let enocean = (config.codec == Codec::Esp3).then(|| {
             let registry = match &config.registry {
@@ -133,8 +208,12 @@ impl DecodeStage {
                 ..EngineOptions::default()
             };
             let stats_interval = Some(config.stats_interval.get()).filter(|d| !d.is_zero());
+            let mut engine = Engine::new(registry, options);
+            if let Some(host) = plugins {
+                engine = engine.with_plugins(wasm::Runner::new(host.clone()));
+            }
             EnoceanState {
-                engine: Engine::new(registry, options),
+                engine,
                 stats_interval,
                 next_stats: stats_interval.map(|d| Instant::now() + d),
                 next_chain_check: None,
@@ -155,6 +234,64 @@ impl DecodeStage {
                 ],
             ),
             enocean,
+            vendor: (config.codec == Codec::Plugin).then(|| VendorState {
+                runner: plugins.map(|host| wasm::Runner::new(host.clone())),
+                profile: String::new(),
+            }),
+        }
+    }
+
+    /// Runs the vendor codec plugin over the payload: one record per document it returns.
+    fn process_vendor(&mut self, record: Record, out: &mut Vec<Record>) {
+        let Some(state) = self.vendor.as_mut() else {
+            out.push(record);
+            return;
+        };
+        let frame = wasm::FrameRef {
+            payload: &record.raw,
+            device: record.device.as_deref().unwrap_or(""),
+            rorg: 0,
+            status: 0,
+            gateway: record.origin.gateway.as_deref(),
+            route: record
+                .origin
+                .route
+                .as_deref()
+                .or(record.origin.path.as_deref()),
+        };
+        let result = match state.runner.as_mut() {
+            None => Err(
+                "codec \"plugin\" needs a [plugins] section with the plugin directory".to_string(),
+            ),
+            Some(runner) => match runner.decode_vendor(&state.profile, frame) {
+                None => Err(format!(
+                    "no plugin decodes {} (see `sensorgate plugins list`)",
+                    state.profile
+                )),
+                Some(result) => result.map_err(|e| e.to_string()),
+            },
+        };
+        match result {
+            Ok(documents) => {
+                self.decoded.inc();
+                let mut outputs: Vec<engine::Output> = documents
+                    .into_iter()
+                    .map(|d| engine::Output {
+                        kind: Kind::Telemetry,
+                        device: Some(d.device)
+                            .filter(|d| !d.is_empty())
+                            .or_else(|| record.device.clone()),
+                        gateway: None,
+                        body: d.body,
+                    })
+                    .collect();
+                emit(&mut outputs, record, out);
+            }
+            Err(reason) => {
+                self.rejected.inc();
+                tracing::debug!(flow = %self.flow, source = %record.source, %reason, "payload rejected by the plugin codec");
+                out.push(record.into_dead_letter(&self.flow, "decode", &reason));
+            }
         }
     }
 
@@ -242,6 +379,7 @@ impl DecodeStage {
         let result = match self.codec {
             Codec::Efento => self.decode_efento(&mut record),
             Codec::Esp3 => return self.process_esp3(record, out),
+            Codec::Plugin => return self.process_vendor(record, out),
         };
         match result {
             Ok(()) => {

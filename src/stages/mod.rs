@@ -46,14 +46,22 @@ pub trait Stage: Send {
 /// Builds the stages of a flow from its config, in order. Fails, naming the stage, if one cannot
 /// work at all (a schema that does not compile). Must run inside a tokio runtime when a stage talks
 /// to an outside store (a dedupe stage with `backend = "redis"`).
-pub fn build(flow: &str, stages: &[StageConfig]) -> anyhow::Result<Vec<Box<dyn Stage>>> {
+/// `plugins` is the pipeline's plugin host (its `[plugins]` section), which decode stages use.
+pub fn build(
+    flow: &str,
+    stages: &[StageConfig],
+    plugins: Option<&std::sync::Arc<crate::codecs::wasm::Host>>,
+) -> anyhow::Result<Vec<Box<dyn Stage>>> {
     stages
         .iter()
         .enumerate()
         .map(|(index, s)| {
             Ok(match s {
                 StageConfig::Decode(c) => {
-                    Box::new(decode::DecodeStage::new(flow, c)) as Box<dyn Stage>
+                    Box::new(decode::DecodeStage::with_plugins(flow, c, plugins)) as Box<dyn Stage>
+                }
+                StageConfig::DecodePlugin(c) => {
+                    Box::new(decode::DecodeStage::vendor(flow, c, plugins))
                 }
                 StageConfig::Dedupe(c) => Box::new(dedupe::DedupeStage::new(flow, c)),
                 StageConfig::Enrich(c) => Box::new(enrich::EnrichStage::new(flow, c)),

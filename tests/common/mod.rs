@@ -85,6 +85,29 @@ pub fn assert_success(out: &std::process::Output) {
     );
 }
 
+/// A device registry with an A5-02-05 and an A5-04-01 sensor (the senders of vectors 06 and 07).
+pub const ENOCEAN_DEVICES: &str = r#"
+[[devices]]
+eurid = "0180a1b2"
+eep = "a5-02-05"
+friendly_id = "Temperature 1"
+location = "Room 221"
+
+[[devices]]
+eurid = "0180a1b3"
+eep = "a5-04-01"
+friendly_id = "Climate 1"
+location = "Room 222"
+"#;
+
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn free_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
         .unwrap()

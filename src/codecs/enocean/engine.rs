@@ -24,6 +24,7 @@ use super::esp3::{self, packet_type};
 use super::secure::{self, RlcState};
 use super::telegram::Telegram;
 use super::{DataPoint, id_hex, signal, teach};
+use crate::codecs::wasm;
 use crate::record::Kind;
 use crate::registry::{Device, Devices, Registry};
 
@@ -89,6 +90,9 @@ pub enum FrameRejected {
     Skipped(String),
     #[error("chained telegram: {0}")]
     Chain(String),
+    /// A decoder plugin trapped, ran out of fuel or memory, or returned output the host refused.
+    #[error("{0}")]
+    Plugin(String),
 }
 
 /// The most senders with statistics of their own.
@@ -135,6 +139,8 @@ pub struct Engine {
     seen: HashSet<u32>,
     device_stats: HashMap<u32, Counts>,
     gateway_stats: HashMap<String, Counts>,
+    /// Decoder plugins for EEPs the table lacks (or replaces, with `prefer = "plugin"`).
+    plugins: Option<wasm::Runner>,
 }
 
 fn unix_seconds(t: SystemTime) -> f64 {
@@ -187,7 +193,15 @@ impl Engine {
             seen: HashSet::new(),
             device_stats: HashMap::new(),
             gateway_stats: HashMap::new(),
+            plugins: None,
         }
+    }
+
+    /// Decodes EEPs with these plugins too: those the built-in table lacks, and with
+    /// `prefer = "plugin"` also those it has.
+    pub fn with_plugins(mut self, runner: wasm::Runner) -> Engine {
+        self.plugins = Some(runner);
+        self
     }
 
     fn refresh_registry(&mut self) {
@@ -219,6 +233,31 @@ impl Engine {
             .profiles
             .entry(device.eurid)
             .or_insert_with(|| device.eep.as_deref().and_then(eep::lookup))
+    }
+
+    /// Runs the plugin for the device's EEP, if one decodes it and the built-in table does not
+    /// (or the plugin is preferred). `None`: the built-in table decodes it (or nobody).
+    fn decode_with_plugin(
+        &mut self,
+        device: &Device,
+        telegram: &Telegram,
+        reception: &Reception<'_>,
+    ) -> Option<Result<Vec<DataPoint>, wasm::Failure>> {
+        let eep = device.eep.as_deref()?;
+        let builtin = self.profile(device).is_some();
+        let runner = self.plugins.as_mut()?;
+        if (builtin && runner.prefer() == wasm::Prefer::Builtin) || !runner.decodes_eep(eep) {
+            return None;
+        }
+        let frame = wasm::FrameRef {
+            payload: &telegram.payload,
+            device: &device.id,
+            rorg: telegram.rorg,
+            status: telegram.status,
+            gateway: reception.gateway,
+            route: reception.route,
+        };
+        runner.decode_eep(eep, frame)
     }
 
     /// Per-device statistics (for the stats records and the API).
@@ -501,6 +540,25 @@ impl Engine {
                 "raw",
                 super::Value::Text(hex::encode(&telegram.payload).into()),
             ));
+        } else if let Some(result) = self.decode_with_plugin(&device, &telegram, reception) {
+            match result {
+                Ok(points) => data = points,
+                Err(failure) if failure.reason.is_decode_error() => {
+                    let eep = device.eep.as_deref().unwrap_or_default();
+                    let reason = format!("({failure})");
+                    return Ok(self.decode_error(out, &device, eep, &reason, unix, &telegram));
+                }
+                Err(failure) => {
+                    // The plugin misbehaved, not the device: the frame goes to dead letter with
+                    // its bytes, so it can be decoded again once the plugin is fixed.
+                    self.count_device(sender, unix as u64, false);
+                    return Err(FrameRejected::Plugin(format!(
+                        "EEP {} of device with id={}: {failure}",
+                        device.eep.as_deref().unwrap_or_default(),
+                        device.id
+                    )));
+                }
+            }
         } else {
             let Some(profile) = self.profile(&device) else {
                 let eep = device.eep.clone().unwrap_or_default();
@@ -526,20 +584,8 @@ impl Engine {
                 telegram.status,
                 &mut data,
             ) {
-                return Ok(self.refuse(
-                    out,
-                    Some(&device),
-                    sender,
-                    Category::Transcoding,
-                    "EEP_DECODE_ERROR",
-                    format!(
-                        "Telegram from device with id={} could not be decoded with EEP {}: {e}.",
-                        device.id, profile.id
-                    ),
-                    &[],
-                    unix,
-                    Some(&telegram),
-                ));
+                let reason = format!(": {e}");
+                return Ok(self.decode_error(out, &device, profile.id, &reason, unix, &telegram));
             }
         }
 
@@ -571,6 +617,34 @@ impl Engine {
             body,
         });
         Ok(true)
+    }
+
+    /// `EEP_DECODE_ERROR`: the telegram does not fit the device's profile (`reason` follows the
+    /// EEP in the message).
+    fn decode_error(
+        &mut self,
+        out: &mut Vec<Output>,
+        device: &Device,
+        eep: &str,
+        reason: &str,
+        unix: f64,
+        telegram: &Telegram,
+    ) -> bool {
+        let message = format!(
+            "Telegram from device with id={} could not be decoded with EEP {eep}{reason}.",
+            device.id
+        );
+        self.refuse(
+            out,
+            Some(device),
+            telegram.sender,
+            Category::Transcoding,
+            "EEP_DECODE_ERROR",
+            message,
+            &[],
+            unix,
+            Some(telegram),
+        )
     }
 
     /// The telegram is not processed: counts it so for the sender and reports why as an event.
@@ -796,6 +870,7 @@ pub fn decode_hex(
     text: &str,
     registry: Arc<Registry>,
     default_device: Option<Device>,
+    plugins: Option<wasm::Runner>,
 ) -> Result<Vec<Output>, String> {
     let cleaned: String = text.chars().filter(|c| !c.is_whitespace()).collect();
     let bytes = hex::decode(&cleaned).map_err(|e| format!("not hex: {e}"))?;
@@ -833,6 +908,9 @@ pub fn decode_hex(
         ..EngineOptions::default()
     };
     let mut engine = Engine::new(registry, options);
+    if let Some(runner) = plugins {
+        engine = engine.with_plugins(runner);
+    }
     let mut out = Vec::new();
     let now = Instant::now();
     for frame in &frames {
