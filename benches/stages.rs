@@ -115,6 +115,7 @@ fn bench(c: &mut Criterion) {
             stats_interval: HumanDuration(Duration::ZERO),
             chain_timeout: HumanDuration(Duration::from_secs(3)),
             rlc_window: 128,
+            json: None,
         },
     );
     let mut efento = DecodeStage::new(
@@ -125,6 +126,7 @@ fn bench(c: &mut Criterion) {
             stats_interval: HumanDuration(Duration::ZERO),
             chain_timeout: HumanDuration(Duration::from_secs(3)),
             rlc_window: 128,
+            json: None,
         },
     );
     // Half the receptions are the same telegram from a second gateway.

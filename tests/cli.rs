@@ -189,7 +189,8 @@ to = ["lake"]
 }
 
 #[test]
-fn validate_names_missing_and_broken_schemas_registries_and_redis_urls_with_their_line() {
+fn validate_names_missing_and_broken_schemas_registries_redis_urls_and_json_mappings_with_their_line()
+ {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("broken.schema.json"), r#"{"type": 12}"#).unwrap();
     let file = dir.path().join("pipeline.toml");
@@ -212,6 +213,9 @@ stages = [
   { type = "validate", schemas = { measurements = "broken.schema.json" } },
   { type = "enrich", registry = "nope.toml" },
   { type = "dedupe", key = "efento", backend = "redis" },
+  { type = "decode", codec = "json" },
+  { type = "decode", codec = "json", json = { device = "ident" } },
+  { type = "decode", codec = "efento", json = { preset = "flespi" } },
 ]
 to = ["out"]
 "#,
@@ -235,6 +239,12 @@ to = ["out"]
         "registry: nope.toml",
         "pipeline.toml:17:3",
         "backend \"redis\" needs redis = { url",
+        "pipeline.toml:18:3",
+        "codec \"json\" needs json = { preset = \"flespi\" }",
+        "pipeline.toml:19:3",
+        "`ident` is not a JSON pointer: write \"/ident\"",
+        "pipeline.toml:20:3",
+        "json = { ... } is read by codec \"json\" only",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }

@@ -52,7 +52,12 @@ fn every_example_test_file_passes() {
         .iter()
         .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    for wanted in ["efento.toml", "enocean.toml", "dead_letter.toml"] {
+    for wanted in [
+        "efento.toml",
+        "enocean.toml",
+        "dead_letter.toml",
+        "json.toml",
+    ] {
         assert!(names.iter().any(|n| n == wanted), "{wanted} in {names:?}");
     }
     for file in &files {

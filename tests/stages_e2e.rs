@@ -390,3 +390,49 @@ fn the_published_schemas_pass_real_efento_frames_in_a_running_pipeline() {
     assert!(dead_letters(&running).is_empty());
     assert_eq!(json_lines(&running.path("out.jsonl")).len(), 6);
 }
+
+#[test]
+fn json_payloads_over_coap_become_one_record_per_item_and_dedupe_by_template() {
+    // An IoTConnect D2C array (seed 003): a gateway and its child, retried as a device would.
+    let running = start(
+        r#"{ type = "decode", codec = "json", json = { preset = "iotconnect", units = { temperature = "degC" } } },
+           { type = "dedupe", key = "{device}:{body.time}", window = "1m" }"#,
+        "",
+    );
+    let payload = br#"[{"uniqueId": "gw01", "time": "2021-01-24T10:06:17.857Z", "data": {"uptime": 12}},
+        {"uniqueId": "child7", "time": "2021-01-24T10:06:18.000Z", "data": {"temperature": 15.55, "gyroscope": {"x": -1.2}}}]"#;
+    assert_eq!(post(&running, payload), "2.01", "log:\n{}", running.log());
+    assert_eq!(
+        post(&running, payload),
+        "2.01",
+        "the retry is answered as stored"
+    );
+    let stored = measurements(&running);
+    assert_eq!(stored.len(), 2, "each item once: {stored:?}");
+    let child = stored.iter().find(|d| d["device"] == "child7").unwrap();
+    assert_eq!(child["gateway"], "gw01");
+    assert_eq!(child["time"], "2021-01-24T10:06:18.000Z");
+    let temperature = child["measurements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["type"] == "temperature")
+        .unwrap();
+    assert_eq!(temperature["value"], 15.55);
+    assert_eq!(temperature["unit"], "degC");
+
+    // Not JSON: answered 4.00, kept in the dead letter with its bytes.
+    assert_eq!(post(&running, b"uptime=12"), "4.00");
+    let dead = dead_letters(&running);
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["stage"], "decode");
+    assert_eq!(dead[0]["raw_hex"], hex::encode(b"uptime=12"));
+    assert!(
+        dead[0]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("payload is not JSON"),
+        "{}",
+        dead[0]["error"]
+    );
+}

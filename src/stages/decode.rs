@@ -8,9 +8,9 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use super::Stage;
-use crate::codecs::efento;
 use crate::codecs::enocean::engine::{self, Engine, EngineOptions};
 use crate::codecs::wasm;
+use crate::codecs::{efento, json};
 use crate::config::HumanDuration;
 use crate::metrics::{self, Counter};
 use crate::record::{Kind, Record};
@@ -18,7 +18,8 @@ use crate::registry::Registry;
 
 /// `{ type = "decode", codec = "efento" }`,
 /// `{ type = "decode", codec = "esp3", registry = "devices.toml", stats_interval = "10m" }` or
-/// `{ type = "decode", codec = "plugin", plugin = "vendor:flespi" }`
+/// `{ type = "decode", codec = "plugin", plugin = "vendor:flespi" }` or
+/// `{ type = "decode", codec = "json", json = { preset = "flespi" } }`
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DecodeConfig {
@@ -37,6 +38,9 @@ pub struct DecodeConfig {
     /// esp3: how far ahead of the expected rolling code a secure telegram may be.
     #[serde(default = "default_rlc_window")]
     pub rlc_window: u32,
+    /// json: how payload fields map to devices, times and readings (see [`json::JsonMapping`]).
+    #[serde(default)]
+    pub json: Option<json::JsonMapping>,
 }
 
 /// `{ type = "decode", codec = "plugin", plugin = "vendor:flespi" }`: a vendor codec plugin from
@@ -80,7 +84,20 @@ impl DecodeConfig {
     /// Semantic problems, for `sensorgate validate`.
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
+        if self.json.is_some() && self.codec != Codec::Json {
+            out.push("json = { ... } is read by codec \"json\" only; remove it here".into());
+        }
         match self.codec {
+            Codec::Json => match &self.json {
+                None => out.push(
+                    "codec \"json\" needs json = { preset = \"flespi\" } (or iotconnect, aws_event), or json = { device = \"/pointer\", ... }".into(),
+                ),
+                Some(mapping) => {
+                    if let Err(e) = mapping.resolve() {
+                        out.push(format!("json: {e}"));
+                    }
+                }
+            },
             Codec::Efento => {
                 if self.registry.is_some() {
                     out.push("registry is read by codec \"esp3\" only; remove it here".into());
@@ -119,6 +136,9 @@ pub enum Codec {
     /// payload goes to the plugin, and each JSON document it returns becomes a telemetry record
     /// for the device it names. Any source's bytes will do.
     Plugin,
+    /// JSON payloads (flespi, IoTConnect, an AWS IoT event, or a mapping of your own), one
+    /// measurements record per item, by JSON pointers (`json = { ... }`).
+    Json,
 }
 
 pub struct DecodeStage {
@@ -128,6 +148,8 @@ pub struct DecodeStage {
     rejected: Counter,
     enocean: Option<EnoceanState>,
     vendor: Option<VendorState>,
+    /// json: the mapping, or why it cannot be used (then every payload is a dead letter saying so).
+    json: Option<Result<json::Mapping, String>>,
 }
 
 /// The plugin codec's state: the flow's plugin instances and the profile to ask for.
@@ -167,6 +189,7 @@ impl DecodeStage {
                 stats_interval: default_stats_interval(),
                 chain_timeout: default_chain_timeout(),
                 rlc_window: default_rlc_window(),
+                json: None,
             },
             plugins,
         );
@@ -187,6 +210,7 @@ impl DecodeStage {
             Codec::Efento => "efento",
             Codec::Esp3 => "esp3",
             Codec::Plugin => "plugin",
+            Codec::Json => "json",
         };
         let enocean = (config.codec == Codec::Esp3).then(|| {
             let registry = match &config.registry {
@@ -238,7 +262,48 @@ impl DecodeStage {
                 runner: plugins.map(|host| wasm::Runner::new(host.clone())),
                 profile: String::new(),
             }),
+            json: (config.codec == Codec::Json).then(|| match &config.json {
+                Some(mapping) => mapping.resolve(),
+                None => Err("codec \"json\" has no json = { ... } mapping".into()),
+            }),
         }
+    }
+
+    /// Maps a JSON payload to its items: one record per item, sharing the frame's delivery token.
+    fn process_json(&mut self, record: Record, out: &mut Vec<Record>) {
+        let result = match &self.json {
+            Some(Ok(mapping)) => {
+                json::decode(mapping, &record.raw, record.received_at).map_err(|e| e.to_string())
+            }
+            Some(Err(e)) => Err(e.clone()),
+            None => Err("no json mapping".into()),
+        };
+        let mut items = match result {
+            Ok(items) => items,
+            Err(reason) => {
+                self.rejected.inc();
+                tracing::debug!(flow = %self.flow, source = %record.source, %reason, "payload rejected by the json codec");
+                out.push(record.into_dead_letter(&self.flow, "decode", &reason));
+                return;
+            }
+        };
+        self.decoded.inc();
+        let with_item = |mut record: Record, item: json::Item| {
+            record.delivery.set_device(&item.device);
+            record.device = Some(item.device);
+            record.kind = item.kind;
+            record.body = item.body;
+            record.readings = item.readings;
+            record
+        };
+        let Some(last) = items.pop() else {
+            record.delivery.delivered();
+            return;
+        };
+        for item in items {
+            out.push(with_item(record.clone(), item));
+        }
+        out.push(with_item(record, last));
     }
 
     /// Runs the vendor codec plugin over the payload: one record per document it returns.
@@ -380,6 +445,7 @@ impl DecodeStage {
             Codec::Efento => self.decode_efento(&mut record),
             Codec::Esp3 => return self.process_esp3(record, out),
             Codec::Plugin => return self.process_vendor(record, out),
+            Codec::Json => return self.process_json(record, out),
         };
         match result {
             Ok(()) => {
