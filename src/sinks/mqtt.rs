@@ -395,7 +395,7 @@ impl MqttSink {
                     tracing::warn!(sink = %self.name, %reason, "MQTT connection lost; unacknowledged publishes go out again on the next connection");
                     self.counters.errors.inc();
                 } else {
-                    tracing::debug!(sink = %self.name, %reason, "MQTT connection failed");
+                    tracing::warn!(sink = %self.name, %reason, "cannot connect to the MQTT broker");
                 }
                 connected = false;
                 conn = None;

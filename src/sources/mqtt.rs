@@ -239,7 +239,7 @@ impl MqttSource {
                         if live {
                             tracing::warn!(source = %self.name, %reason, "MQTT connection lost");
                         } else {
-                            tracing::debug!(source = %self.name, %reason, "MQTT connection failed");
+                            tracing::warn!(source = %self.name, %reason, "cannot connect to the MQTT broker");
                         }
                         true
                     }
