@@ -862,21 +862,20 @@ fn input_records(
             Some(fix.to_string()),
         );
     };
+    // Sources whose inputs have a `path` only (CoAP, MQTT): `gateway` and `rssi` do not apply.
+    let path_only = |problems: &mut Problems<'_>, fix: &str| {
+        for (key, span) in [
+            ("gateway", input.gateway.as_ref().map(|g| g.span())),
+            ("rssi", input.rssi.as_ref().map(|r| r.span())),
+        ] {
+            if let Some(span) = span {
+                misplaced(problems, key, span, fix);
+            }
+        }
+    };
     let mut records = match &source_config.kind {
         SourceKind::Coap(coap_config) => {
-            for (key, span) in [
-                ("gateway", input.gateway.as_ref().map(|g| g.span())),
-                ("rssi", input.rssi.as_ref().map(|r| r.span())),
-            ] {
-                if let Some(span) = span {
-                    misplaced(
-                        problems,
-                        key,
-                        span,
-                        "a CoAP request has a `path`; remove it",
-                    );
-                }
-            }
+            path_only(problems, "a CoAP request has a `path`; remove it");
             let Some(path) = &input.path else {
                 let mut paths: Vec<&str> = coap_config.paths.keys().map(String::as_str).collect();
                 paths.sort_unstable();
@@ -927,19 +926,10 @@ fn input_records(
             records
         }
         SourceKind::Mqtt(mqtt_config) => {
-            for (key, span) in [
-                ("gateway", input.gateway.as_ref().map(|g| g.span())),
-                ("rssi", input.rssi.as_ref().map(|r| r.span())),
-            ] {
-                if let Some(span) = span {
-                    misplaced(
-                        problems,
-                        key,
-                        span,
-                        "an MQTT message has a topic, given as `path`; remove it",
-                    );
-                }
-            }
+            path_only(
+                problems,
+                "an MQTT message has a topic, given as `path`; remove it",
+            );
             let Some(topic) = &input.path else {
                 problems.error(
                     header,

@@ -267,6 +267,19 @@ dead_letter = "rejects"
     )
 }
 
+/// An MQTT sink `copy` publishing to `url` (a dead port: it cannot confirm before `deadline`).
+fn copy_sink(url: &str, deadline: &str) -> String {
+    format!(
+        "[sinks.copy]\ntype = \"mqtt\"\nurl = \"{url}\"\ndeadline = \"{deadline}\"\nreconnect_max = \"1s\"\n"
+    )
+}
+
+/// Publishes the Efento seed frame on `efento/SERIAL/m` with QoS 1.
+fn publish_frame(broker: &Broker, dir: &Path, extra: &[&str]) {
+    let topic = format!("efento/{SERIAL}/m");
+    publish(broker.port, &topic, &efento_frame(), dir, extra);
+}
+
 #[test]
 fn a_qos1_message_from_mosquitto_pub_is_stored_and_acknowledged_once_stored() {
     let Some(broker) = Broker::start("") else {
@@ -276,13 +289,7 @@ fn a_qos1_message_from_mosquitto_pub_is_stored_and_acknowledged_once_stored() {
     let toml = source_pipeline(&broker.url(), "sg-basic", "", "\"out\"", "");
     let mut gate = Gate::start_connected(dir.path(), &toml);
 
-    publish(
-        broker.port,
-        &format!("efento/{SERIAL}/m"),
-        &efento_frame(),
-        dir.path(),
-        &[],
-    );
+    publish_frame(&broker, dir.path(), &[]);
     // Not an Efento frame: the decode stage dead-letters it, with the payload as raw_hex.
     publish(
         broker.port,
@@ -332,11 +339,7 @@ fn a_message_not_yet_stored_when_sensorgate_is_killed_is_redelivered_and_stored(
     let dir = tempfile::tempdir().unwrap();
     // A second sink that cannot confirm: an MQTT sink whose broker is not there.
     let dead_port = free_tcp_port();
-    let stuck = |url: &str| {
-        format!(
-            "[sinks.copy]\ntype = \"mqtt\"\nurl = \"{url}\"\ndeadline = \"60s\"\nreconnect_max = \"1s\"\n"
-        )
-    };
+    let stuck = |url: &str| copy_sink(url, "60s");
     let first = source_pipeline(
         &broker.url(),
         "sg-kill",
@@ -345,13 +348,7 @@ fn a_message_not_yet_stored_when_sensorgate_is_killed_is_redelivered_and_stored(
         "",
     );
     let mut gate = Gate::start_connected(dir.path(), &first);
-    publish(
-        broker.port,
-        &format!("efento/{SERIAL}/m"),
-        &efento_frame(),
-        dir.path(),
-        &[],
-    );
+    publish_frame(&broker, dir.path(), &[]);
     let out = dir.path().join("out.jsonl");
     let seen = eventually(Duration::from_secs(10), || json_lines(&out).len() == 1);
     assert!(seen, "the message did not arrive; log:\n{}", gate.log());
@@ -400,20 +397,12 @@ fn a_failed_record_is_not_acknowledged_and_comes_back_on_the_next_connection() {
     let toml = source_pipeline(
         &broker.url(),
         "sg-fail",
-        &format!(
-            "[sinks.copy]\ntype = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{dead_port}\"\ndeadline = \"1s\"\n"
-        ),
+        &copy_sink(&format!("mqtt://127.0.0.1:{dead_port}"), "1s"),
         "\"out\", \"copy\"",
         "",
     );
     let gate = Gate::start_connected(dir.path(), &toml);
-    publish(
-        broker.port,
-        &format!("efento/{SERIAL}/m"),
-        &efento_frame(),
-        dir.path(),
-        &[],
-    );
+    publish_frame(&broker, dir.path(), &[]);
     let out = dir.path().join("out.jsonl");
     let redelivered = eventually(Duration::from_secs(15), || json_lines(&out).len() >= 3);
     assert!(redelivered, "not sent again; log:\n{}", gate.log());
@@ -477,13 +466,7 @@ fn tls_with_a_client_certificate_connects_and_without_one_is_refused() {
     );
     let toml = source_pipeline(&url, "sg-tls", "", "\"out\"", &tls);
     let gate = Gate::start_connected(dir.path(), &toml);
-    publish(
-        broker.port,
-        &format!("efento/{SERIAL}/m"),
-        &efento_frame(),
-        dir.path(),
-        &client_tls,
-    );
+    publish_frame(&broker, dir.path(), &client_tls);
     let out = dir.path().join("out.jsonl");
     let arrived = eventually(Duration::from_secs(10), || json_lines(&out).len() == 1);
     assert!(arrived, "nothing over TLS; log:\n{}", gate.log());
@@ -496,13 +479,7 @@ fn tls_with_a_client_certificate_connects_and_without_one_is_refused() {
     let toml = source_pipeline(&url, "sg-tls-nocert", "", "\"out\"", &tls);
     let gate = Gate::start(dir.path(), &toml);
     let started = Instant::now();
-    publish(
-        broker.port,
-        &format!("efento/{SERIAL}/m"),
-        &efento_frame(),
-        dir.path(),
-        &client_tls,
-    );
+    publish_frame(&broker, dir.path(), &client_tls);
     std::thread::sleep(Duration::from_secs(3).saturating_sub(started.elapsed()));
     assert_eq!(gate.connections(), 0, "log:\n{}", gate.log());
     assert!(
