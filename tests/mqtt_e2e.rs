@@ -331,58 +331,95 @@ fn a_qos1_message_from_mosquitto_pub_is_stored_and_acknowledged_once_stored() {
     assert_eq!(json_lines(&rejects).len(), 1);
 }
 
+/// Two flows from one MQTT source: `observe` writes every record to `out.jsonl` (to see what
+/// arrived), `forward` dedupes (template key) and publishes to the `copy` sink at `copy_url`.
+fn kill_pipeline(url: &str, copy_url: &str) -> String {
+    format!(
+        r#"
+[sources.broker]
+type = "mqtt"
+url = "{url}"
+client_id = "sg-kill"
+subscriptions = [{{ topic = "efento/+/m", route = "measurements" }}]
+
+[sinks.out]
+type = "json_lines"
+path = "out.jsonl"
+
+[sinks.rejects]
+type = "json_lines"
+path = "rejects.jsonl"
+
+{copy}
+[[flows]]
+name = "observe"
+from = ["broker"]
+stages = [{{ type = "decode", codec = "efento" }}]
+to = ["out"]
+dead_letter = "rejects"
+
+[[flows]]
+name = "forward"
+from = ["broker"]
+stages = [
+  {{ type = "dedupe", key = "{{path}}/{{raw}}", window = "1m" }},
+  {{ type = "decode", codec = "efento" }},
+]
+to = ["copy"]
+dead_letter = "rejects"
+"#,
+        copy = copy_sink(copy_url, "60s")
+    )
+}
+
 #[test]
-fn a_message_not_yet_stored_when_sensorgate_is_killed_is_redelivered_and_stored() {
+fn a_message_not_yet_stored_when_sensorgate_is_killed_is_redelivered_and_stored_once() {
     let Some(broker) = Broker::start("") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    // A second sink that cannot confirm: an MQTT sink whose broker is not there.
-    let dead_port = free_tcp_port();
-    let stuck = |url: &str| copy_sink(url, "60s");
-    let first = source_pipeline(
-        &broker.url(),
-        "sg-kill",
-        &stuck(&format!("mqtt://127.0.0.1:{dead_port}")),
-        "\"out\", \"copy\"",
-        "",
-    );
-    let mut gate = Gate::start_connected(dir.path(), &first);
+    // `copy` cannot confirm: its broker is not there. The message reaches `out`, not `copy`.
+    let dead = format!("mqtt://127.0.0.1:{}", free_tcp_port());
+    let mut gate = Gate::start_connected(dir.path(), &kill_pipeline(&broker.url(), &dead));
     publish_frame(&broker, dir.path(), &[]);
     let out = dir.path().join("out.jsonl");
     let seen = eventually(Duration::from_secs(10), || json_lines(&out).len() == 1);
     assert!(seen, "the message did not arrive; log:\n{}", gate.log());
-    // `copy` has not confirmed: the message is not acknowledged. Kill before it can be.
+    // Not stored by `copy`, so not acknowledged. SIGKILL before it can be.
+    std::thread::sleep(Duration::from_millis(300));
     gate.kill();
 
-    // The same client id, and `copy` now on the live broker: the broker sends the message again.
-    let sub = Subscriber::start(broker.port, "sensor/+/telemetry", 1);
-    let second = source_pipeline(
-        &broker.url(),
-        "sg-kill",
-        &stuck(&broker.url()),
-        "\"out\", \"copy\"",
-        "",
-    );
+    // The same client id, `copy` now on the live broker: the broker sends the message again.
+    let sub = Subscriber::start(broker.port, "sensor/#", 10);
+    let second = kill_pipeline(&broker.url(), &broker.url());
     let mut gate = Gate::start_connected(dir.path(), &second);
     let again = eventually(Duration::from_secs(10), || {
         json_lines(&out).len() == 2 && sub.lines().len() == 1
     });
     assert!(again, "not redelivered; log:\n{}", gate.log());
     let docs = json_lines(&out);
-    assert_eq!(docs[0]["device"], SERIAL);
     assert_eq!(docs[1]["device"], SERIAL);
     assert_eq!(docs[0]["measurements"], docs[1]["measurements"]);
     let (topic, doc) = &sub.lines()[0];
     assert_eq!(topic, &format!("sensor/{SERIAL}/telemetry"));
     assert_eq!(doc["device"], SERIAL);
+    assert_eq!(doc["measurements"], docs[0]["measurements"]);
 
-    // Stored by both sinks this time, so acknowledged: the next start gets nothing.
+    // The sensor's gateway sends the same frame again: `observe` (no dedupe) takes it a third
+    // time, `forward` drops it as a duplicate, so `copy` has it once.
+    publish_frame(&broker, dir.path(), &[]);
+    let third = eventually(Duration::from_secs(10), || json_lines(&out).len() == 3);
+    assert!(third, "log:\n{}", gate.log());
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(sub.lines().len(), 1, "{:?}", sub.lines());
+
+    // Everything was stored, so acknowledged: the next start gets nothing again.
     std::thread::sleep(Duration::from_millis(300));
     gate.kill();
     let gate = Gate::start_connected(dir.path(), &second);
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(json_lines(&out).len(), 2, "log:\n{}", gate.log());
+    assert_eq!(json_lines(&out).len(), 3, "log:\n{}", gate.log());
+    assert_eq!(sub.lines().len(), 1, "{:?}", sub.lines());
 }
 
 #[test]

@@ -66,6 +66,9 @@ pub struct Subscription {
     pub gateway: Option<usize>,
 }
 
+/// rumqttc's request channel (acks and subscribes): far above what a broker keeps in flight.
+const REQUEST_CAPACITY: usize = 1024;
+
 fn default_qos() -> u8 {
     1
 }
@@ -168,8 +171,9 @@ impl MqttSource {
         let mut fifo: VecDeque<Pending> = VecDeque::new();
         // Counts connections; a pending message belongs to the one it came on.
         let mut connection_id = 0u64;
-        let mut conn = Connection::open(self.options.clone(), 64);
+        let mut conn = Connection::open(self.options.clone(), REQUEST_CAPACITY);
         let mut live = false;
+        let mut subscribed = false;
         loop {
             // Drop outcomes that belong to an older connection: their acks would be meaningless.
             while fifo.front().is_some_and(|p| p.connection != connection_id) {
@@ -211,7 +215,11 @@ impl MqttSource {
                         live = true;
                         backoff.reset();
                         tracing::info!(source = %self.name, session_present, "connected to the MQTT broker");
-                        if !session_present || self.config.clean_session {
+                        // Subscribe on the first connection of the process (the configuration may
+                        // have changed) and whenever the broker lost the session; not on every
+                        // reconnect, since a broker sends retained messages again on a subscribe.
+                        if !session_present || !subscribed {
+                            subscribed = true;
                             let filters = self.subscriptions.iter().map(|(s, _)| {
                                 let qos = if s.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
                                 SubscribeFilter::new(s.topic.clone(), qos)
@@ -257,7 +265,7 @@ impl MqttSource {
                     _ = shutdown.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(wait) => {}
                 }
-                conn = Connection::open(self.options.clone(), 64);
+                conn = Connection::open(self.options.clone(), REQUEST_CAPACITY);
             }
         }
     }
