@@ -331,45 +331,22 @@ fn a_qos1_message_from_mosquitto_pub_is_stored_and_acknowledged_once_stored() {
     assert_eq!(json_lines(&rejects).len(), 1);
 }
 
-/// Two flows from one MQTT source: `observe` writes every record to `out.jsonl` (to see what
+/// Two flows from one MQTT source: `efento` writes every record to `out.jsonl` (to see what
 /// arrived), `forward` dedupes (template key) and publishes to the `copy` sink at `copy_url`.
 fn kill_pipeline(url: &str, copy_url: &str) -> String {
-    format!(
-        r#"
-[sources.broker]
-type = "mqtt"
-url = "{url}"
-client_id = "sg-kill"
-subscriptions = [{{ topic = "efento/+/m", route = "measurements" }}]
-
-[sinks.out]
-type = "json_lines"
-path = "out.jsonl"
-
-[sinks.rejects]
-type = "json_lines"
-path = "rejects.jsonl"
-
-{copy}
-[[flows]]
-name = "observe"
-from = ["broker"]
-stages = [{{ type = "decode", codec = "efento" }}]
-to = ["out"]
-dead_letter = "rejects"
-
+    let copy = copy_sink(copy_url, "60s");
+    source_pipeline(url, "sg-kill", &copy, "\"out\"", "")
+        + r#"
 [[flows]]
 name = "forward"
 from = ["broker"]
 stages = [
-  {{ type = "dedupe", key = "{{path}}/{{raw}}", window = "1m" }},
-  {{ type = "decode", codec = "efento" }},
+  { type = "dedupe", key = "{path}/{raw}", window = "1m" },
+  { type = "decode", codec = "efento" },
 ]
 to = ["copy"]
 dead_letter = "rejects"
-"#,
-        copy = copy_sink(copy_url, "60s")
-    )
+"#
 }
 
 #[test]
@@ -405,7 +382,7 @@ fn a_message_not_yet_stored_when_sensorgate_is_killed_is_redelivered_and_stored_
     assert_eq!(doc["device"], SERIAL);
     assert_eq!(doc["measurements"], docs[0]["measurements"]);
 
-    // The sensor's gateway sends the same frame again: `observe` (no dedupe) takes it a third
+    // The sensor's gateway sends the same frame again: `efento` (no dedupe) takes it a third
     // time, `forward` drops it as a duplicate, so `copy` has it once.
     publish_frame(&broker, dir.path(), &[]);
     let third = eventually(Duration::from_secs(10), || json_lines(&out).len() == 3);
