@@ -39,10 +39,15 @@ impl Broker {
         let dir = tempfile::tempdir().unwrap();
         let port = free_tcp_port();
         let conf = dir.path().join("mosquitto.conf");
+        let anonymous = if extra.contains("allow_anonymous") {
+            ""
+        } else {
+            "allow_anonymous true\n"
+        };
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n{extra}\n"
+                "listener {port} 127.0.0.1\n{anonymous}persistence false\nmax_queued_messages 0\n{extra}\n"
             ),
         )
         .unwrap();
@@ -196,8 +201,12 @@ struct Gate {
 
 impl Gate {
     fn start(dir: &Path, toml: &str) -> Gate {
+        Gate::start_env(dir, toml, &[])
+    }
+
+    fn start_env(dir: &Path, toml: &str, env: &[(&str, &str)]) -> Gate {
         std::fs::write(dir.join("pipeline.toml"), toml).unwrap();
-        let (child, log) = spawn_run(dir);
+        let (child, log) = spawn_run_env(dir, env);
         Gate { child, log }
     }
 
@@ -628,4 +637,52 @@ to = ["m", "n"]
     assert!(text.contains("pipeline.toml:10:1"), "{text}");
     assert!(text.contains("did you mean `topic`?"), "{text}");
     assert!(text.contains("{nope}"), "{text}");
+}
+
+#[test]
+fn username_and_password_are_sent_and_a_wrong_password_is_refused() {
+    let Some(passwd) = peer("mosquitto_passwd") else {
+        return;
+    };
+    let users = tempfile::tempdir().unwrap();
+    let file = users.path().join("passwords");
+    let made = Command::new(passwd)
+        .args(["-b", "-c"])
+        .arg(&file)
+        .args(["gate", "s3cret"])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let conf = format!("allow_anonymous false\npassword_file {}\n", file.display());
+    let Some(broker) = Broker::start(&conf) else {
+        return;
+    };
+    let login = ["-u", "gate", "-P", "s3cret"];
+
+    let dir = tempfile::tempdir().unwrap();
+    let creds = "username = \"gate\"\npassword_env = \"SENSORGATE_TEST_MQTT_PASSWORD\"";
+    let toml = source_pipeline(&broker.url(), "sg-user", "", "\"out\"", creds);
+    let password = [("SENSORGATE_TEST_MQTT_PASSWORD", "s3cret")];
+    let gate = Gate::start_env(dir.path(), &toml, &password);
+    gate.wait_connected(1);
+    publish_frame(&broker, dir.path(), &login);
+    let out = dir.path().join("out.jsonl");
+    let arrived = eventually(Duration::from_secs(10), || json_lines(&out).len() == 1);
+    assert!(arrived, "log:\n{}", gate.log());
+    drop(gate);
+
+    let dir = tempfile::tempdir().unwrap();
+    let creds = "username = \"gate\"\npassword = \"wrong\"";
+    let toml = source_pipeline(&broker.url(), "sg-user-wrong", "", "\"out\"", creds);
+    let gate = Gate::start(dir.path(), &toml);
+    let refused = eventually(Duration::from_secs(10), || {
+        gate.log().contains("cannot connect to the MQTT broker")
+    });
+    assert!(refused, "log:\n{}", gate.log());
+    assert!(
+        gate.log().contains("NotAuthorized") || gate.log().contains("BadUserNamePassword"),
+        "log:\n{}",
+        gate.log()
+    );
+    assert_eq!(gate.connections(), 0, "log:\n{}", gate.log());
 }
