@@ -16,12 +16,21 @@
 //!
 //! QoS 0 messages are never acknowledged; their records carry a token nobody waits for.
 //!
+//! **Stopping.** On shutdown the source takes no more messages, acknowledges in order those whose
+//! records get stored within 10 s, and disconnects (the session stays).
+//!
+//! **Back-pressure.** A message is handed to every flow, waiting for room; meanwhile the connection
+//! is not read, so the broker holds further messages (mosquitto sends at most 20 unacknowledged
+//! QoS 1 messages at once by default). A wait longer than 1.5 keep alives makes the broker drop the
+//! connection; the source reconnects and gets the unacknowledged messages again.
+//!
 //! **Origin.** `origin.path` is the topic; `origin.route` the subscription's `route` (if set) or the
 //! topic; a subscription's `device = N` takes the N-th wildcard level of the topic (1-based) as the
 //! record's device, and `gateway = N` as its gateway.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttc::{Publish, QoS, SubscribeFilter};
@@ -65,6 +74,9 @@ pub struct Subscription {
     #[serde(default)]
     pub gateway: Option<usize>,
 }
+
+/// How long a stopping source waits for the records it handed to its flows, to acknowledge them.
+const DRAIN_TIME: Duration = Duration::from_secs(10);
 
 /// rumqttc's request channel (acks and subscribes): far above what a broker keeps in flight.
 const REQUEST_CAPACITY: usize = 1024;
@@ -165,7 +177,7 @@ impl MqttSource {
         })
     }
 
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let broker = self.config.broker();
         let mut backoff = broker.backoff();
         let mut fifo: VecDeque<Pending> = VecDeque::new();
@@ -182,7 +194,12 @@ impl MqttSource {
             let has_front = !fifo.is_empty();
             let front = fifo.front_mut().map(|p| &mut p.watch);
             let reconnect = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = shutdown.cancelled() => {
+                    // Let the flows end once they have drained; acknowledge what they store.
+                    self.flows.clear();
+                    self.drain(fifo, conn, connection_id).await;
+                    return Ok(());
+                }
                 outcome = async { front.expect("guarded").await }, if has_front => {
                     let pending = fifo.pop_front().expect("a front");
                     match outcome {
@@ -235,7 +252,11 @@ impl MqttSource {
                         match self.dispatch(publish, connection_id, &shutdown).await {
                             Some(Some(pending)) => { fifo.push_back(pending); false }
                             Some(None) => false,
-                            None => return Ok(()),
+                            None => {
+                                self.flows.clear();
+                                self.drain(fifo, conn, connection_id).await;
+                                return Ok(());
+                            }
                         }
                     }
                     Some(ConnEvent::SubscriptionRefused) => {
@@ -267,6 +288,52 @@ impl MqttSource {
                 }
                 conn = Connection::open(self.options.clone(), REQUEST_CAPACITY);
             }
+        }
+    }
+
+    /// At shutdown: acknowledges, in order, the messages whose records get stored within
+    /// [`DRAIN_TIME`], then disconnects. Messages arriving meanwhile are not taken (the broker keeps
+    /// them), and nothing after an unstored record is acknowledged.
+    async fn drain(&self, mut fifo: VecDeque<Pending>, mut conn: Connection, connection_id: u64) {
+        let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+        fifo.retain(|p| p.connection == connection_id);
+        'acks: while let Some(pending) = fifo.pop_front() {
+            let mut watch = pending.watch;
+            let outcome = loop {
+                tokio::select! {
+                    outcome = &mut watch => break outcome,
+                    _ = tokio::time::sleep_until(deadline) => break 'acks,
+                    event = conn.events.recv() => match event {
+                        Some(ConnEvent::Down(_)) | None => return,
+                        Some(_) => {}
+                    },
+                }
+            };
+            match outcome {
+                Ok(Outcome::Delivered { .. } | Outcome::Rejected { .. }) => {
+                    if conn.client.try_ack(&pending.publish).is_err() {
+                        break;
+                    }
+                    self.counters.acked.inc();
+                }
+                _ => break,
+            }
+        }
+        if fifo.is_empty() {
+            tracing::info!(source = %self.name, "every stored message acknowledged; disconnecting");
+        } else {
+            tracing::info!(source = %self.name, unacknowledged = fifo.len(), "disconnecting; the broker sends the messages not acknowledged again on the next start");
+        }
+        // DISCONNECT goes out after the acks (requests are sent in order); the session stays.
+        if conn.client.try_disconnect().is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                while let Some(event) = conn.events.recv().await {
+                    if matches!(event, ConnEvent::Down(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
         }
     }
 
