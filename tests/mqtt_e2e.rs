@@ -524,8 +524,8 @@ fn tls_with_a_client_certificate_connects_and_without_one_is_refused() {
     assert!(json_lines(&dir.path().join("out.jsonl")).is_empty());
 }
 
-/// CoAP source → decode → MQTT sink on the broker (deadline 1s), dead letters apart.
-fn sink_pipeline(url: &str) -> String {
+/// CoAP source → decode → MQTT sink on the broker (deadline 1s, `extra` keys), dead letters apart.
+fn sink_pipeline(url: &str, extra: &str) -> String {
     format!(
         r#"
 [sources.efento]
@@ -539,6 +539,7 @@ url = "{url}"
 client_id = "sg-sink"
 deadline = "1s"
 reconnect_max = "500ms"
+{extra}
 
 [sinks.rejects]
 type = "json_lines"
@@ -554,24 +555,32 @@ dead_letter = "rejects"
     )
 }
 
+/// Starts [`sink_pipeline`] and waits until its sink is connected.
+fn start_sink_pipeline(broker: &Broker, extra: &str) -> Running {
+    peer("coap-client-notls").expect("coap-client-notls");
+    let toml = sink_pipeline(&broker.url(), extra);
+    let running = Running::start_pipeline(tempfile::tempdir().unwrap(), &toml);
+    let connected = eventually(Duration::from_secs(10), || {
+        running.log().contains("connected to the MQTT broker")
+    });
+    assert!(connected, "log:\n{}", running.log());
+    running
+}
+
+/// Posts the Efento seed frame to the CoAP source; the answer's code.
+fn post(running: &Running) -> String {
+    let uri = format!("coap://{}/m", running.coap);
+    coap_client("post", &uri, Some(&efento_frame()), running.dir.path())
+        .expect("coap-client-notls")
+        .0
+}
+
 #[test]
 fn the_sink_publishes_on_the_iotconnect_layout_and_an_outage_answers_500_then_flow_resumes() {
     let Some(mut broker) = Broker::start("") else {
         return;
     };
-    peer("coap-client-notls").expect("coap-client-notls");
-    let running =
-        Running::start_pipeline(tempfile::tempdir().unwrap(), &sink_pipeline(&broker.url()));
-    let post = |running: &Running| {
-        let uri = format!("coap://{}/m", running.coap);
-        coap_client("post", &uri, Some(&efento_frame()), running.dir.path())
-            .expect("coap-client-notls")
-            .0
-    };
-    let connected = eventually(Duration::from_secs(10), || {
-        running.log().contains("connected to the MQTT broker")
-    });
-    assert!(connected, "log:\n{}", running.log());
+    let running = start_sink_pipeline(&broker, "");
 
     let sub = Subscriber::start(broker.port, "sensor/#", 1);
     assert_eq!(post(&running), "2.01", "log:\n{}", running.log());
@@ -717,4 +726,20 @@ fn a_message_taken_just_before_sigterm_is_stored_once_across_the_restart() {
     assert!(stored, "log:\n{}", gate.log());
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(json_lines(&out).len(), 1, "log:\n{}", gate.log());
+}
+
+#[test]
+fn a_topic_template_with_qos_0_and_retain_reaches_a_later_subscriber() {
+    let Some(broker) = Broker::start("") else {
+        return;
+    };
+    let extra = "topic = \"sg/{source}/{device}/{kind}\"\nqos = 0\nretain = true";
+    let running = start_sink_pipeline(&broker, extra);
+    assert_eq!(post(&running), "2.01", "log:\n{}", running.log());
+    // Subscribed only now: the broker hands over the retained message.
+    let sub = Subscriber::start(broker.port, "sg/#", 1);
+    assert!(eventually(Duration::from_secs(5), || sub.lines().len() == 1));
+    let (topic, doc) = &sub.lines()[0];
+    assert_eq!(topic, &format!("sg/efento/{SERIAL}/measurements"));
+    assert_eq!(doc["device"], SERIAL);
 }
