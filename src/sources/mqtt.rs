@@ -158,6 +158,7 @@ impl MqttSource {
             .set_clean_session(config.clean_session)
             .set_manual_acks(true);
         let labels = [("component", name)];
+        let source = [("source", name)];
         Ok(MqttSource {
             name: name.into(),
             config: config.clone(),
@@ -170,9 +171,9 @@ impl MqttSource {
                 .collect(),
             counters: Counters {
                 received: metrics::counter("component_received_events_total", &labels),
-                acked: metrics::counter("mqtt_acked_messages_total", &labels),
-                unacked: metrics::counter("mqtt_unacked_messages_total", &labels),
-                reconnects: metrics::counter("mqtt_reconnects_total", &labels),
+                acked: metrics::counter("mqtt_acked_messages_total", &source),
+                unacked: metrics::counter("mqtt_unacked_messages_total", &source),
+                reconnects: metrics::counter("mqtt_reconnects_total", &source),
             },
         })
     }
