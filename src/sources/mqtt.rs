@@ -10,7 +10,8 @@
 //!
 //! **A record that fails** (a sink could not store it) is not acknowledged. Acks must stay in order,
 //! so nothing after it can be acknowledged on that connection either: the source drops the
-//! connection (without DISCONNECT, so the session stays), waits its reconnect backoff and connects
+//! connection (without DISCONNECT, so the session stays), waits its reconnect backoff (growing while
+//! records keep failing, back to `reconnect_min` once one is stored) and connects
 //! again, and the broker sends every unacknowledged message again. Outcomes of messages from an
 //! older connection are ignored, since a PUBACK on a new connection would not match them.
 //!
@@ -181,6 +182,8 @@ impl MqttSource {
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let broker = self.config.broker();
         let mut backoff = broker.backoff();
+        // A record failed and nothing has been stored since.
+        let mut failing = false;
         let mut fifo: VecDeque<Pending> = VecDeque::new();
         // Counts connections; a pending message belongs to the one it came on.
         let mut connection_id = 0u64;
@@ -208,7 +211,15 @@ impl MqttSource {
                             // Never await here: the request channel may be full while the event
                             // loop task waits on us; a full channel is a broken connection anyway.
                             match conn.client.try_ack(&pending.publish) {
-                                Ok(()) => { self.counters.acked.inc(); false }
+                                Ok(()) => {
+                                    self.counters.acked.inc();
+                                    // Records get stored again: back to the shortest wait.
+                                    if failing {
+                                        failing = false;
+                                        backoff.reset();
+                                    }
+                                    false
+                                }
                                 Err(e) => {
                                     tracing::warn!(source = %self.name, error = %e, "cannot queue a PUBACK; reconnecting");
                                     true
@@ -218,11 +229,13 @@ impl MqttSource {
                         Ok(Outcome::Failed { reason }) => {
                             self.counters.unacked.inc();
                             tracing::warn!(source = %self.name, topic = %pending.publish.topic, %reason, "a record was not stored: its message stays unacknowledged; reconnecting so the broker sends it again");
+                            failing = true;
                             true
                         }
                         Err(_) => {
                             self.counters.unacked.inc();
                             tracing::warn!(source = %self.name, topic = %pending.publish.topic, "a record was lost before it was settled; reconnecting so the broker sends it again");
+                            failing = true;
                             true
                         }
                     }
@@ -231,7 +244,11 @@ impl MqttSource {
                     Some(ConnEvent::Up { session_present }) => {
                         connection_id += 1;
                         live = true;
-                        backoff.reset();
+                        // After a broken connection, start the waits again; while records keep
+                        // failing, keep them growing (each failure reconnects).
+                        if !failing {
+                            backoff.reset();
+                        }
                         tracing::info!(source = %self.name, session_present, "connected to the MQTT broker");
                         // Subscribe on the first connection of the process (the configuration may
                         // have changed) and whenever the broker lost the session; not on every
