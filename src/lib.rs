@@ -10,6 +10,7 @@ pub mod document;
 pub mod downlink;
 pub mod loadgen;
 pub mod metrics;
+pub mod mqtt;
 pub mod record;
 pub mod registry;
 pub mod simulator;

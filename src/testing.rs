@@ -31,7 +31,7 @@ use crate::config::{
 use crate::document::Document;
 use crate::record::{Kind, Record};
 use crate::registry::Registry;
-use crate::sources::{coap, esp3_websocket};
+use crate::sources::{coap, esp3_websocket, mqtt};
 use crate::stages::decode::Codec;
 use crate::stages::{self, Stage};
 
@@ -865,21 +865,20 @@ fn input_records(
             Some(fix.to_string()),
         );
     };
+    // Sources whose inputs have a `path` only (CoAP, MQTT): `gateway` and `rssi` do not apply.
+    let path_only = |problems: &mut Problems<'_>, fix: &str| {
+        for (key, span) in [
+            ("gateway", input.gateway.as_ref().map(|g| g.span())),
+            ("rssi", input.rssi.as_ref().map(|r| r.span())),
+        ] {
+            if let Some(span) = span {
+                misplaced(problems, key, span, fix);
+            }
+        }
+    };
     let mut records = match &source_config.kind {
         SourceKind::Coap(coap_config) => {
-            for (key, span) in [
-                ("gateway", input.gateway.as_ref().map(|g| g.span())),
-                ("rssi", input.rssi.as_ref().map(|r| r.span())),
-            ] {
-                if let Some(span) = span {
-                    misplaced(
-                        problems,
-                        key,
-                        span,
-                        "a CoAP request has a `path`; remove it",
-                    );
-                }
-            }
+            path_only(problems, "a CoAP request has a `path`; remove it");
             let Some(path) = &input.path else {
                 let mut paths: Vec<&str> = coap_config.paths.keys().map(String::as_str).collect();
                 paths.sort_unstable();
@@ -928,6 +927,26 @@ fn input_records(
                 }
             }
             records
+        }
+        SourceKind::Mqtt(mqtt_config) => {
+            path_only(
+                problems,
+                "an MQTT message has a topic, given as `path`; remove it",
+            );
+            let Some(topic) = &input.path else {
+                problems.error(
+                    header,
+                    format!("{what}: an MQTT input needs its topic as `path`"),
+                    Some("add path = \"flespi/message/gw/devices/123\"".into()),
+                );
+                return None;
+            };
+            vec![mqtt::topic_record(
+                source,
+                mqtt_config,
+                topic.get_ref(),
+                payload?,
+            )]
         }
     };
     if problems.report.errors() > before {

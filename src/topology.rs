@@ -17,9 +17,11 @@ use crate::downlink::Downlinks;
 use crate::metrics::{self, Counter};
 use crate::record::{DeadLetterRoute, Kind, Record};
 use crate::sinks::jsonl::JsonLinesSink;
+use crate::sinks::mqtt::MqttSink;
 use crate::sinks::parquet::ParquetSink;
 use crate::sources::coap::CoapSource;
 use crate::sources::esp3_websocket::Esp3WebsocketSource;
+use crate::sources::mqtt::MqttSource;
 use crate::stages::{self, Stage};
 
 type Task = (String, JoinHandle<anyhow::Result<()>>);
@@ -53,6 +55,10 @@ impl Pipeline {
                 SinkKind::JsonLines(c) => {
                     let s =
                         JsonLinesSink::new(name, c).with_context(|| format!("sink `{name}`"))?;
+                    spawn_component(name, &shutdown, s.run(rx))
+                }
+                SinkKind::Mqtt(c) => {
+                    let s = MqttSink::new(name, c).with_context(|| format!("sink `{name}`"))?;
                     spawn_component(name, &shutdown, s.run(rx))
                 }
             };
@@ -108,6 +114,19 @@ impl Pipeline {
                         }
                     };
                     addresses.insert(name.clone(), s.local_addr()?);
+                    sources.push((
+                        format!("source `{name}`"),
+                        spawn_component(name, &shutdown, s.run(shutdown.child_token())),
+                    ));
+                }
+                SourceKind::Mqtt(c) => {
+                    let s = match MqttSource::new(name, c, inputs) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            shutdown.cancel(); // stop the sources already started
+                            return Err(e.context(format!("source `{name}`")));
+                        }
+                    };
                     sources.push((
                         format!("source `{name}`"),
                         spawn_component(name, &shutdown, s.run(shutdown.child_token())),

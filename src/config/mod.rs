@@ -22,9 +22,11 @@ pub use duration::HumanDuration;
 
 use crate::codecs::wasm::PluginsConfig;
 use crate::sinks::jsonl::JsonLinesConfig;
+use crate::sinks::mqtt::MqttSinkConfig;
 use crate::sinks::parquet::ParquetConfig;
 use crate::sources::coap::CoapConfig;
 use crate::sources::esp3_websocket::Esp3WebsocketConfig;
+use crate::sources::mqtt::MqttSourceConfig;
 use crate::stages::decode::{DecodeConfig, PluginDecodeConfig};
 use crate::stages::dedupe::DedupeConfig;
 use crate::stages::enrich::EnrichConfig;
@@ -56,6 +58,8 @@ pub enum SourceKind {
     Coap(CoapConfig),
     /// `type = "esp3_websocket"`: a websocket server for EnOcean gateways (Aruba APs, raw ESP3).
     Esp3Websocket(Esp3WebsocketConfig),
+    /// `type = "mqtt"`: subscriptions on an MQTT broker, acknowledged once stored.
+    Mqtt(MqttSourceConfig),
 }
 
 /// A sink: where records end up.
@@ -73,6 +77,8 @@ pub enum SinkKind {
     Parquet(ParquetConfig),
     /// `type = "json_lines"`: one JSON document per line, in a file or on stdout.
     JsonLines(JsonLinesConfig),
+    /// `type = "mqtt"`: publishes documents to an MQTT broker.
+    Mqtt(Box<MqttSinkConfig>),
 }
 
 /// A flow: records from some sources, through a chain of stages, into some sinks.
@@ -108,6 +114,7 @@ impl SourceKind {
         match self {
             SourceKind::Coap(_) => "coap",
             SourceKind::Esp3Websocket(_) => "esp3_websocket",
+            SourceKind::Mqtt(_) => "mqtt",
         }
     }
 }
@@ -117,12 +124,13 @@ impl SinkKind {
         match self {
             SinkKind::Parquet(_) => "parquet",
             SinkKind::JsonLines(_) => "json_lines",
+            SinkKind::Mqtt(_) => "mqtt",
         }
     }
 }
 
-const SOURCE_TYPES: &[&str] = &["coap", "esp3_websocket"];
-const SINK_TYPES: &[&str] = &["parquet", "json_lines"];
+const SOURCE_TYPES: &[&str] = &["coap", "esp3_websocket", "mqtt"];
+const SINK_TYPES: &[&str] = &["parquet", "json_lines", "mqtt"];
 const STAGE_TYPES: &[&str] = &["decode", "dedupe", "enrich", "validate"];
 const TOP_KEYS: &[&str] = &["sources", "sinks", "flows", "plugins"];
 const FLOW_KEYS: &[&str] = &["name", "from", "stages", "to", "dead_letter", "queue"];
@@ -666,6 +674,13 @@ impl<'a> Loader<'a> {
                 }
                 Some(SourceKind::Esp3Websocket(config))
             }
+            "mqtt" => {
+                let config: MqttSourceConfig = self.deserialize(&what, table)?;
+                for problem in config.problems() {
+                    self.error(name_span.clone(), format!("{what}: {problem}"), None);
+                }
+                Some(SourceKind::Mqtt(config))
+            }
             _ => None,
         }
     }
@@ -677,11 +692,18 @@ impl<'a> Loader<'a> {
         mut table: Spanned<DeTable<'a>>,
     ) -> Option<SinkConfig> {
         let what = format!("sink `{name}`");
-        let (kind, _) = self.take_type(&what, name_span, &mut table, SINK_TYPES)?;
+        let (kind, _) = self.take_type(&what, name_span.clone(), &mut table, SINK_TYPES)?;
         let queue = self.queue(&what, table.get_mut().remove("queue"));
         let kind = match kind.as_str() {
             "parquet" => self.deserialize(&what, table).map(SinkKind::Parquet),
             "json_lines" => self.deserialize(&what, table).map(SinkKind::JsonLines),
+            "mqtt" => {
+                let config: MqttSinkConfig = self.deserialize(&what, table)?;
+                for problem in config.problems() {
+                    self.error(name_span.clone(), format!("{what}: {problem}"), None);
+                }
+                Some(SinkKind::Mqtt(Box::new(config)))
+            }
             _ => None,
         }?;
         Some(SinkConfig { queue, kind })

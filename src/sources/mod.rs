@@ -3,3 +3,4 @@
 
 pub mod coap;
 pub mod esp3_websocket;
+pub mod mqtt;

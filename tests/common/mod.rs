@@ -118,10 +118,16 @@ pub fn free_udp_port() -> u16 {
 
 /// Starts `sensorgate run` with `pipeline.toml` in `dir`; its log (stderr) is collected as it comes.
 pub fn spawn_run(dir: &Path) -> (Child, Arc<Mutex<String>>) {
+    spawn_run_env(dir, &[])
+}
+
+/// [`spawn_run`] with extra environment variables.
+pub fn spawn_run_env(dir: &Path, env: &[(&str, &str)]) -> (Child, Arc<Mutex<String>>) {
     let mut child = sensorgate()
         .args(["run", "--config", "pipeline.toml"])
         .current_dir(dir)
         .env("SENSORGATE_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
