@@ -104,49 +104,35 @@ impl Pipeline {
                 tracing::warn!(source = %name, "source is not read by any flow; not started");
                 continue;
             };
-            match &source.kind {
-                SourceKind::Coap(c) => {
-                    let s = match CoapSource::bind(name, c, inputs, downlinks.clone()) {
-                        Ok(s) => s,
-                        Err(e) => {
-                            shutdown.cancel(); // stop the sources already started
-                            return Err(e);
-                        }
-                    };
-                    addresses.insert(name.clone(), s.local_addr()?);
-                    sources.push((
-                        format!("source `{name}`"),
-                        spawn_component(name, &shutdown, s.run(shutdown.child_token())),
-                    ));
+            // Each kind is built (bound, where it listens); what follows is the same for all.
+            let token = shutdown.child_token();
+            let built: anyhow::Result<(Option<SocketAddr>, SourceTask)> = match &source.kind {
+                SourceKind::Coap(c) => CoapSource::bind(name, c, inputs, downlinks.clone())
+                    .and_then(|s| {
+                        Ok((Some(s.local_addr()?), Box::pin(s.run(token)) as SourceTask))
+                    }),
+                SourceKind::Mqtt(c) => MqttSource::new(name, c, inputs)
+                    .map(|s| (None, Box::pin(s.run(token)) as SourceTask))
+                    .map_err(|e| e.context(format!("source `{name}`"))),
+                SourceKind::Esp3Websocket(c) => Esp3WebsocketSource::bind(name, c, inputs)
+                    .and_then(|s| {
+                        Ok((Some(s.local_addr()?), Box::pin(s.run(token)) as SourceTask))
+                    }),
+            };
+            let (address, task) = match built {
+                Ok(built) => built,
+                Err(e) => {
+                    shutdown.cancel(); // stop the sources already started
+                    return Err(e);
                 }
-                SourceKind::Mqtt(c) => {
-                    let s = match MqttSource::new(name, c, inputs) {
-                        Ok(s) => s,
-                        Err(e) => {
-                            shutdown.cancel(); // stop the sources already started
-                            return Err(e.context(format!("source `{name}`")));
-                        }
-                    };
-                    sources.push((
-                        format!("source `{name}`"),
-                        spawn_component(name, &shutdown, s.run(shutdown.child_token())),
-                    ));
-                }
-                SourceKind::Esp3Websocket(c) => {
-                    let s = match Esp3WebsocketSource::bind(name, c, inputs) {
-                        Ok(s) => s,
-                        Err(e) => {
-                            shutdown.cancel(); // stop the sources already started
-                            return Err(e);
-                        }
-                    };
-                    addresses.insert(name.clone(), s.local_addr()?);
-                    sources.push((
-                        format!("source `{name}`"),
-                        spawn_component(name, &shutdown, s.run(shutdown.child_token())),
-                    ));
-                }
+            };
+            if let Some(address) = address {
+                addresses.insert(name.clone(), address);
             }
+            sources.push((
+                format!("source `{name}`"),
+                spawn_component(name, &shutdown, task),
+            ));
         }
 
         Ok(Pipeline {
@@ -202,6 +188,9 @@ impl Pipeline {
 
 /// Runs a component; if it ends before a shutdown was asked for (an error, a panic, or a closed input
 /// it should never see), the whole pipeline is stopped rather than left running half-blind.
+/// A started source's work, whatever its kind.
+type SourceTask = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
+
 fn spawn_component<F>(
     name: &str,
     shutdown: &CancellationToken,
