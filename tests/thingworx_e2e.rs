@@ -429,7 +429,6 @@ fn a_server_down_past_the_deadline_gets_500_and_flow_resumes_when_it_is_back() {
 
 #[test]
 fn validate_names_bad_thingworx_keys_with_their_position() {
-    let dir = tempfile::tempdir().unwrap();
     let toml = r#"[sources.c]
 type = "coap"
 listen = "127.0.0.1:5683"
@@ -454,15 +453,7 @@ name = "f"
 from = ["c"]
 to = ["t", "u", "v"]
 "#;
-    std::fs::write(dir.path().join("pipeline.toml"), toml).unwrap();
-    let out = sensorgate()
-        .args(["validate", "pipeline.toml"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{text}");
+    let text = validate_fails(toml);
     assert!(text.contains("pipeline.toml:8:1"), "{text}");
     assert!(text.contains("app_key"), "{text}");
     assert!(text.contains("pipeline.toml:10:8"), "{text}");

@@ -522,3 +522,19 @@ pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Runs `sensorgate validate` on `toml` (as `pipeline.toml` in a fresh directory), asserts that it
+/// fails, and returns what it printed.
+pub fn validate_fails(toml: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pipeline.toml"), toml).unwrap();
+    let out = sensorgate()
+        .args(["validate", "pipeline.toml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    text
+}
