@@ -322,6 +322,23 @@ fn properties_mode_puts_the_readings_with_the_app_key_and_answers_201_after_the_
 }
 
 #[test]
+fn records_for_one_thing_arriving_within_linger_share_one_request() {
+    let fake = FakeThingworx::start();
+    let running = start(&fake, "linger = \"500ms\"");
+    let answers: Vec<String> = std::thread::scope(|scope| {
+        let posts: Vec<_> = (0..2).map(|_| scope.spawn(|| post(&running))).collect();
+        posts.into_iter().map(|p| p.join().unwrap()).collect()
+    });
+    assert_eq!(answers, ["2.01", "2.01"], "log:\n{}", running.log());
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(
+        requests[0].path,
+        format!("/Thingworx/Things/{SERIAL}/Properties/*")
+    );
+}
+
+#[test]
 fn service_mode_posts_the_efento_measurements_shape() {
     let fake = FakeThingworx::start();
     let running = start(

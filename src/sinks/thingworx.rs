@@ -638,6 +638,26 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_is_grouped_by_thing_in_order_and_a_record_without_its_device_is_refused() {
+        let sink =
+            ThingworxSink::with_app_key("twx", &config("thing = \"EF-{device}\""), "k").unwrap();
+        let mut other = record(vec![]);
+        other.device = Some("B".into());
+        let mut nameless = record(vec![]);
+        nameless.device = None;
+        let (delivery, mut watch) = Delivery::new();
+        nameless.delivery = delivery;
+        let records = vec![record(vec![]), other, nameless, record(vec![])];
+        let groups = sink.by_thing(records.into_iter());
+        let shape: Vec<(&str, usize)> = groups.iter().map(|(t, r)| (t.as_str(), r.len())).collect();
+        assert_eq!(shape, [("EF-282C024156AF", 2), ("EF-B", 1)]);
+        assert!(matches!(
+            watch.try_recv(),
+            Ok(crate::record::Outcome::Rejected { reason, .. }) if reason.contains("no device")
+        ));
+    }
+
+    #[test]
     fn problems_name_the_mistake() {
         let p = |t: &str| config(t).problems().join("\n");
         assert!(p("mode = \"service\"").contains("needs `service`"));
