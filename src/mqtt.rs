@@ -228,11 +228,7 @@ impl BrokerConfig {
     }
 
     pub fn backoff(&self) -> Backoff {
-        Backoff {
-            min: self.reconnect_min.get(),
-            max: self.reconnect_max.get(),
-            next: self.reconnect_min.get(),
-        }
+        Backoff::new(self.reconnect_min.get(), self.reconnect_max.get())
     }
 }
 
@@ -323,6 +319,14 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// Waits from `min`, doubling up to `max`.
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Backoff {
+            min,
+            max,
+            next: min,
+        }
+    }
     pub fn next_wait(&mut self) -> Duration {
         let wait = self.next;
         self.next = (self.next * 2).min(self.max);

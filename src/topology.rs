@@ -19,6 +19,7 @@ use crate::record::{DeadLetterRoute, Kind, Record};
 use crate::sinks::jsonl::JsonLinesSink;
 use crate::sinks::mqtt::MqttSink;
 use crate::sinks::parquet::ParquetSink;
+use crate::sinks::thingworx::ThingworxSink;
 use crate::sources::coap::CoapSource;
 use crate::sources::esp3_websocket::Esp3WebsocketSource;
 use crate::sources::mqtt::MqttSource;
@@ -59,6 +60,11 @@ impl Pipeline {
                 }
                 SinkKind::Mqtt(c) => {
                     let s = MqttSink::new(name, c).with_context(|| format!("sink `{name}`"))?;
+                    spawn_component(name, &shutdown, s.run(rx))
+                }
+                SinkKind::Thingworx(c) => {
+                    let s =
+                        ThingworxSink::new(name, c).with_context(|| format!("sink `{name}`"))?;
                     spawn_component(name, &shutdown, s.run(rx))
                 }
             };

@@ -621,7 +621,6 @@ fn the_sink_publishes_on_the_iotconnect_layout_and_an_outage_answers_500_then_fl
 
 #[test]
 fn validate_names_bad_mqtt_keys_with_their_position() {
-    let dir = tempfile::tempdir().unwrap();
     let toml = r#"[sources.b]
 type = "mqtt"
 url = "mqtt://127.0.0.1:1883"
@@ -643,15 +642,7 @@ name = "f"
 from = ["b"]
 to = ["m", "n"]
 "#;
-    std::fs::write(dir.path().join("pipeline.toml"), toml).unwrap();
-    let out = sensorgate()
-        .args(["validate", "pipeline.toml"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{text}");
+    let text = validate_fails(toml);
     assert!(text.contains("pipeline.toml:5:44"), "{text}");
     assert!(text.contains("devize"), "{text}");
     assert!(text.contains("pipeline.toml:10:1"), "{text}");

@@ -24,6 +24,7 @@ use crate::codecs::wasm::PluginsConfig;
 use crate::sinks::jsonl::JsonLinesConfig;
 use crate::sinks::mqtt::MqttSinkConfig;
 use crate::sinks::parquet::ParquetConfig;
+use crate::sinks::thingworx::ThingworxConfig;
 use crate::sources::coap::CoapConfig;
 use crate::sources::esp3_websocket::Esp3WebsocketConfig;
 use crate::sources::mqtt::MqttSourceConfig;
@@ -79,6 +80,8 @@ pub enum SinkKind {
     JsonLines(JsonLinesConfig),
     /// `type = "mqtt"`: publishes documents to an MQTT broker.
     Mqtt(Box<MqttSinkConfig>),
+    /// `type = "thingworx"`: writes to a PTC ThingWorx platform's REST API.
+    Thingworx(Box<ThingworxConfig>),
 }
 
 /// A flow: records from some sources, through a chain of stages, into some sinks.
@@ -125,12 +128,13 @@ impl SinkKind {
             SinkKind::Parquet(_) => "parquet",
             SinkKind::JsonLines(_) => "json_lines",
             SinkKind::Mqtt(_) => "mqtt",
+            SinkKind::Thingworx(_) => "thingworx",
         }
     }
 }
 
 const SOURCE_TYPES: &[&str] = &["coap", "esp3_websocket", "mqtt"];
-const SINK_TYPES: &[&str] = &["parquet", "json_lines", "mqtt"];
+const SINK_TYPES: &[&str] = &["parquet", "json_lines", "mqtt", "thingworx"];
 const STAGE_TYPES: &[&str] = &["decode", "dedupe", "enrich", "validate"];
 const TOP_KEYS: &[&str] = &["sources", "sinks", "flows", "plugins"];
 const FLOW_KEYS: &[&str] = &["name", "from", "stages", "to", "dead_letter", "queue"];
@@ -703,6 +707,13 @@ impl<'a> Loader<'a> {
                     self.error(name_span.clone(), format!("{what}: {problem}"), None);
                 }
                 Some(SinkKind::Mqtt(Box::new(config)))
+            }
+            "thingworx" => {
+                let config: ThingworxConfig = self.deserialize(&what, table)?;
+                for problem in config.problems() {
+                    self.error(name_span.clone(), format!("{what}: {problem}"), None);
+                }
+                Some(SinkKind::Thingworx(Box::new(config)))
             }
             _ => None,
         }?;

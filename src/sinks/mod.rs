@@ -4,6 +4,8 @@
 pub mod jsonl;
 pub mod mqtt;
 pub mod parquet;
+pub mod template;
+pub mod thingworx;
 
 use crate::metrics::{self, Counter};
 use crate::record::{Delivery, Record};

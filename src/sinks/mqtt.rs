@@ -28,6 +28,7 @@ use tokio::sync::mpsc::Receiver;
 use tokio::time::Instant;
 
 use super::SinkCounters;
+use super::template::Part;
 use crate::config::HumanDuration;
 use crate::document::Document;
 use crate::mqtt::{ConnEvent, Connection, mqtt_component_config};
@@ -68,46 +69,10 @@ fn default_max_in_flight() -> u16 {
     100
 }
 
-const PLACEHOLDERS: &[&str] = &["device", "kind", "gateway", "source"];
-
-#[derive(Debug, Clone, PartialEq)]
-enum Part {
-    Text(String),
-    Field(&'static str),
-}
-
+/// Checks a topic template: its placeholders, and that it is a topic one may publish to.
 fn parse_template(template: &str) -> Result<Vec<Part>, String> {
-    let mut parts = Vec::new();
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        if open > 0 {
-            parts.push(Part::Text(rest[..open].to_string()));
-        }
-        let close = rest[open..]
-            .find('}')
-            .ok_or_else(|| format!("topic `{template}`: unclosed `{{`"))?;
-        let name = &rest[open + 1..open + close];
-        let field = PLACEHOLDERS
-            .iter()
-            .find(|p| **p == name)
-            .ok_or_else(|| {
-                format!(
-                    "topic `{template}`: unknown placeholder `{{{name}}}` (known: {{device}}, {{kind}}, {{gateway}}, {{source}})"
-                )
-            })?;
-        parts.push(Part::Field(field));
-        rest = &rest[open + close + 1..];
-    }
-    if !rest.is_empty() {
-        parts.push(Part::Text(rest.to_string()));
-    }
-    let text: String = parts
-        .iter()
-        .map(|p| match p {
-            Part::Text(t) => t.as_str(),
-            Part::Field(_) => "x",
-        })
-        .collect();
+    let parts = Part::parse("topic", template)?;
+    let text = Part::sample(&parts);
     if text.contains(['+', '#', '}']) || !rumqttc::valid_topic(&text) || text.is_empty() {
         return Err(format!(
             "topic `{template}` is not a valid topic to publish to (no wildcards)"
@@ -212,29 +177,10 @@ impl MqttSink {
                 &default
             }
         };
-        let mut topic = String::new();
-        for part in parts {
-            let value = match part {
-                Part::Text(t) => {
-                    topic.push_str(t);
-                    continue;
-                }
-                Part::Field("device") => device.ok_or("the record has no device for its topic")?,
-                Part::Field("gateway") => {
-                    gateway.ok_or("the record has no gateway for its topic")?
-                }
-                Part::Field("kind") => record.kind.as_str(),
-                Part::Field(_) => &record.source,
-            };
-            if value.is_empty() {
-                return Err("an empty value in the topic".into());
-            }
-            topic.extend(value.chars().map(|c| match c {
-                '/' | '+' | '#' | '\0' => '_',
-                c => c,
-            }));
-        }
-        Ok(topic)
+        Part::render(parts, record, |c| match c {
+            '/' | '+' | '#' | '\0' => '_',
+            c => c,
+        })
     }
 
     /// The message of a record; a record that can never be published is refused (dead letter).

@@ -190,19 +190,28 @@ impl Running {
     pub fn start_in(dir: tempfile::TempDir, extra_coap: &str, commit_interval: &str) -> Running {
         let port = free_udp_port();
         let toml = pipeline_toml(port, extra_coap, commit_interval);
-        Self::start_toml(dir, port, &toml)
+        Self::start_toml(dir, port, &toml, &[])
     }
 
     /// Starts a pipeline of one's own: `@PORT@` in `template` becomes the CoAP source's free port.
     pub fn start_pipeline(dir: tempfile::TempDir, template: &str) -> Running {
-        let port = free_udp_port();
-        let toml = template.replace("@PORT@", &port.to_string());
-        Self::start_toml(dir, port, &toml)
+        Self::start_pipeline_env(dir, template, &[])
     }
 
-    fn start_toml(dir: tempfile::TempDir, port: u16, toml: &str) -> Running {
+    /// [`Running::start_pipeline`] with extra environment variables for sensorgate.
+    pub fn start_pipeline_env(
+        dir: tempfile::TempDir,
+        template: &str,
+        env: &[(&str, &str)],
+    ) -> Running {
+        let port = free_udp_port();
+        let toml = template.replace("@PORT@", &port.to_string());
+        Self::start_toml(dir, port, &toml, env)
+    }
+
+    fn start_toml(dir: tempfile::TempDir, port: u16, toml: &str, env: &[(&str, &str)]) -> Running {
         std::fs::write(dir.path().join("pipeline.toml"), toml).unwrap();
-        let (child, log) = spawn_run(dir.path());
+        let (child, log) = spawn_run_env(dir.path(), env);
         let coap: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let running = Running {
             child,
@@ -512,4 +521,20 @@ pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Runs `sensorgate validate` on `toml` (as `pipeline.toml` in a fresh directory), asserts that it
+/// fails, and returns what it printed.
+pub fn validate_fails(toml: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pipeline.toml"), toml).unwrap();
+    let out = sensorgate()
+        .args(["validate", "pipeline.toml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    text
 }
