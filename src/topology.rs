@@ -17,6 +17,7 @@ use crate::downlink::Downlinks;
 use crate::metrics::{self, Counter};
 use crate::record::{DeadLetterRoute, Kind, Record};
 use crate::sinks::jsonl::JsonLinesSink;
+use crate::sinks::kafka::KafkaSink;
 use crate::sinks::mqtt::MqttSink;
 use crate::sinks::parquet::ParquetSink;
 use crate::sinks::thingworx::ThingworxSink;
@@ -65,6 +66,10 @@ impl Pipeline {
                 SinkKind::Thingworx(c) => {
                     let s =
                         ThingworxSink::new(name, c).with_context(|| format!("sink `{name}`"))?;
+                    spawn_component(name, &shutdown, s.run(rx))
+                }
+                SinkKind::Kafka(c) => {
+                    let s = KafkaSink::new(name, c).with_context(|| format!("sink `{name}`"))?;
                     spawn_component(name, &shutdown, s.run(rx))
                 }
             };

@@ -22,6 +22,7 @@ pub use duration::HumanDuration;
 
 use crate::codecs::wasm::PluginsConfig;
 use crate::sinks::jsonl::JsonLinesConfig;
+use crate::sinks::kafka::KafkaSinkConfig;
 use crate::sinks::mqtt::MqttSinkConfig;
 use crate::sinks::parquet::ParquetConfig;
 use crate::sinks::thingworx::ThingworxConfig;
@@ -82,6 +83,8 @@ pub enum SinkKind {
     Mqtt(Box<MqttSinkConfig>),
     /// `type = "thingworx"`: writes to a PTC ThingWorx platform's REST API.
     Thingworx(Box<ThingworxConfig>),
+    /// `type = "kafka"`: produces documents to a Kafka-protocol broker.
+    Kafka(Box<KafkaSinkConfig>),
 }
 
 /// A flow: records from some sources, through a chain of stages, into some sinks.
@@ -129,12 +132,13 @@ impl SinkKind {
             SinkKind::JsonLines(_) => "json_lines",
             SinkKind::Mqtt(_) => "mqtt",
             SinkKind::Thingworx(_) => "thingworx",
+            SinkKind::Kafka(_) => "kafka",
         }
     }
 }
 
 const SOURCE_TYPES: &[&str] = &["coap", "esp3_websocket", "mqtt"];
-const SINK_TYPES: &[&str] = &["parquet", "json_lines", "mqtt", "thingworx"];
+const SINK_TYPES: &[&str] = &["parquet", "json_lines", "mqtt", "thingworx", "kafka"];
 const STAGE_TYPES: &[&str] = &["decode", "dedupe", "enrich", "validate"];
 const TOP_KEYS: &[&str] = &["sources", "sinks", "flows", "plugins"];
 const FLOW_KEYS: &[&str] = &["name", "from", "stages", "to", "dead_letter", "queue"];
@@ -714,6 +718,13 @@ impl<'a> Loader<'a> {
                     self.error(name_span.clone(), format!("{what}: {problem}"), None);
                 }
                 Some(SinkKind::Thingworx(Box::new(config)))
+            }
+            "kafka" => {
+                let config: KafkaSinkConfig = self.deserialize(&what, table)?;
+                for problem in config.problems() {
+                    self.error(name_span.clone(), format!("{what}: {problem}"), None);
+                }
+                Some(SinkKind::Kafka(Box::new(config)))
             }
             _ => None,
         }?;

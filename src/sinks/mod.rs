@@ -2,6 +2,7 @@
 //! and settles every record's delivery token only once the record is durably stored.
 
 pub mod jsonl;
+pub mod kafka;
 pub mod mqtt;
 pub mod parquet;
 pub mod template;

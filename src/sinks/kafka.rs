@@ -1,0 +1,408 @@
+//! Kafka sink: produces every record's [document](crate::document) to a Kafka-protocol broker
+//! (rdkafka, librdkafka underneath).
+//!
+//! **Messages.** The topic is `topic`, a template with `{device}`, `{kind}`, `{gateway}` and
+//! `{source}` (default `sensorgate.{kind}`); characters a topic name may not hold become `_`. The key
+//! is `key`, the same kind of template (default `{device}`, so the records of one device stay in
+//! order on one partition). The value is the record's JSON document. Every message carries the
+//! headers `source` (the source's name), `kind` and, when a schema is published for the kind,
+//! `schema` (its file name, see `schemas/README.md`; `schemas = { kind = "file" }` overrides). A
+//! record whose template needs a device or gateway it does not have is refused for good (dead
+//! letter).
+//!
+//! **Producer.** `acks = all` with `enable.idempotence = true` (no duplicates or reordering on
+//! retries), `compression` (none, gzip, snappy, lz4; default lz4), batching by `linger` and
+//! `batch_size` (bytes). `properties` passes other librdkafka settings through, except the ones this
+//! sink sets itself.
+//!
+//! **Delivery.** A record is delivered when its delivery report arrives (every in-sync replica has
+//! it), failed on an error report. `deadline` is librdkafka's `message.timeout.ms`: a record the
+//! broker has not taken within it (broker away included) fails, so a CoAP sensor hears 5.00 and an
+//! MQTT message stays unacknowledged. librdkafka reconnects by itself: when the broker comes back,
+//! flow resumes without a restart.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use tokio::sync::mpsc::Receiver;
+use tokio::task::JoinSet;
+
+use super::SinkCounters;
+use super::template::Part;
+use crate::config::HumanDuration;
+use crate::document::Document;
+use crate::record::{Delivery, Kind, Record};
+
+/// Compression of the produced batches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    #[default]
+    Lz4,
+}
+
+impl Compression {
+    fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+        }
+    }
+}
+
+/// `[sinks.NAME] type = "kafka"`.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkConfig {
+    /// Bootstrap brokers, `host:port` each.
+    pub brokers: Vec<String>,
+    /// Topic template (`{device}`, `{kind}`, `{gateway}`, `{source}`).
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    /// Key template (same placeholders).
+    #[serde(default = "default_key")]
+    pub key: String,
+    /// The client id (default `sensorgate-NAME`).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub compression: Compression,
+    /// How long librdkafka waits for more messages before sending a batch (`linger.ms`).
+    #[serde(default = "default_linger")]
+    pub linger: HumanDuration,
+    /// The largest batch in bytes (`batch.size`).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: u32,
+    /// How long a record may wait for its delivery report (`message.timeout.ms`).
+    #[serde(default = "default_deadline")]
+    pub deadline: HumanDuration,
+    /// The `schema` header per kind (`measurements = "efento-measurements.schema.json"`); kinds not
+    /// named here get the published schema of `schemas/README.md`, if any.
+    #[serde(default)]
+    pub schemas: BTreeMap<Kind, String>,
+    /// Other librdkafka settings, passed through.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_topic() -> String {
+    "sensorgate.{kind}".into()
+}
+fn default_key() -> String {
+    "{device}".into()
+}
+fn default_linger() -> HumanDuration {
+    HumanDuration(Duration::from_millis(5))
+}
+fn default_batch_size() -> u32 {
+    1_000_000
+}
+fn default_deadline() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+
+/// The librdkafka settings this sink owns: `properties` may not set them.
+const OWNED: &[(&str, &str)] = &[
+    ("bootstrap.servers", "brokers"),
+    ("metadata.broker.list", "brokers"),
+    ("client.id", "client_id"),
+    ("acks", "(always all)"),
+    ("request.required.acks", "(always all)"),
+    ("enable.idempotence", "(always true)"),
+    ("compression.type", "compression"),
+    ("compression.codec", "compression"),
+    ("linger.ms", "linger"),
+    ("queue.buffering.max.ms", "linger"),
+    ("batch.size", "batch_size"),
+    ("message.timeout.ms", "deadline"),
+    ("delivery.timeout.ms", "deadline"),
+];
+
+/// The schema published for a kind (`schemas/README.md`).
+fn published_schema(kind: Kind) -> Option<&'static str> {
+    Some(match kind {
+        Kind::Measurements => "efento-measurements.schema.json",
+        Kind::DeviceInfo => "efento-device-info.schema.json",
+        Kind::Config => "efento-config.schema.json",
+        Kind::Telemetry => "enocean-telemetry.schema.json",
+        Kind::Signal => "enocean-signal.schema.json",
+        Kind::Event => "enocean-event.schema.json",
+        Kind::Stats => "enocean-stats.schema.json",
+        Kind::DeadLetter => "dead-letter.schema.json",
+        Kind::Raw => return None,
+    })
+}
+
+fn topic_char(c: char) -> char {
+    if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+        c
+    } else {
+        '_'
+    }
+}
+
+fn parse_topic(template: &str) -> Result<Vec<Part>, String> {
+    let parts = Part::parse("topic", template)?;
+    let sample = Part::sample(&parts);
+    if sample.is_empty() || sample.len() > 249 || sample.chars().any(|c| topic_char(c) != c) {
+        return Err(format!(
+            "topic `{template}` is not a valid Kafka topic name (letters, digits, `.`, `_`, `-`; at most 249)"
+        ));
+    }
+    Ok(parts)
+}
+
+impl KafkaSinkConfig {
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.brokers.is_empty() {
+            out.push("brokers is empty: give at least one `host:port`".into());
+        }
+        for b in &self.brokers {
+            if b.rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+            {
+                out.push(format!("broker `{b}` is not `host:port`"));
+            }
+        }
+        if let Err(e) = parse_topic(&self.topic) {
+            out.push(e);
+        }
+        if let Err(e) = Part::parse("key", &self.key) {
+            out.push(e);
+        }
+        if self.client_id.as_deref() == Some("") {
+            out.push("client_id is empty".into());
+        }
+        if self.deadline.get() < Duration::from_millis(1) {
+            out.push("deadline must be at least 1ms".into());
+        }
+        if self.batch_size == 0 {
+            out.push("batch_size must be at least 1".into());
+        }
+        for key in self.properties.keys() {
+            if let Some((_, by)) = OWNED.iter().find(|(k, _)| k == key) {
+                out.push(format!(
+                    "properties: `{key}` is set by this sink (key `{by}`), not through properties"
+                ));
+            }
+        }
+        out
+    }
+
+    fn client_config(&self, name: &str) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        let client_id = self
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("sensorgate-{name}"));
+        c.set("bootstrap.servers", self.brokers.join(","))
+            .set("client.id", client_id)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("compression.type", self.compression.as_str())
+            .set("linger.ms", self.linger.get().as_millis().to_string())
+            .set("batch.size", self.batch_size.to_string())
+            .set(
+                "message.timeout.ms",
+                self.deadline.get().as_millis().max(1).to_string(),
+            );
+        c
+    }
+}
+
+/// The Kafka sink (see the module docs).
+pub struct KafkaSink {
+    name: Arc<str>,
+    config: ClientConfig,
+    producer: FutureProducer,
+    topic: Vec<Part>,
+    key: Vec<Part>,
+    schemas: BTreeMap<Kind, String>,
+    counters: SinkCounters,
+}
+
+/// A record turned into a message.
+struct Message {
+    topic: String,
+    key: String,
+    payload: Vec<u8>,
+    kind: Kind,
+    source: Arc<str>,
+}
+
+impl KafkaSink {
+    /// Creates the producer (librdkafka checks the settings here); it connects in the background.
+    pub fn new(name: &str, config: &KafkaSinkConfig) -> anyhow::Result<Self> {
+        let problems = config.problems();
+        if !problems.is_empty() {
+            anyhow::bail!(problems.join("; "));
+        }
+        let client_config = config.client_config(name);
+        let producer: FutureProducer = client_config
+            .create()
+            .context("creating the Kafka producer")?;
+        Ok(KafkaSink {
+            name: name.into(),
+            config: client_config,
+            producer,
+            topic: parse_topic(&config.topic).map_err(anyhow::Error::msg)?,
+            key: Part::parse("key", &config.key).map_err(anyhow::Error::msg)?,
+            schemas: config.schemas.clone(),
+            counters: SinkCounters::new(name, "produce"),
+        })
+    }
+
+    fn prepare(&self, record: &Record) -> Result<Message, String> {
+        let topic = Part::render(&self.topic, record, topic_char)?;
+        let key = Part::render(&self.key, record, |c| c)?;
+        let payload = serde_json::to_vec(&Document(record))
+            .map_err(|e| format!("cannot serialize the document: {e}"))?;
+        Ok(Message {
+            topic,
+            key,
+            payload,
+            kind: record.kind,
+            source: record.source.clone(),
+        })
+    }
+
+    fn headers(&self, m: &Message) -> OwnedHeaders {
+        let mut h = OwnedHeaders::new_with_capacity(3)
+            .insert(Header {
+                key: "source",
+                value: Some(&*m.source),
+            })
+            .insert(Header {
+                key: "kind",
+                value: Some(m.kind.as_str()),
+            });
+        let schema = self
+            .schemas
+            .get(&m.kind)
+            .map(String::as_str)
+            .or_else(|| published_schema(m.kind));
+        if let Some(schema) = schema {
+            h = h.insert(Header {
+                key: "schema",
+                value: Some(schema),
+            });
+        }
+        h
+    }
+
+    /// Produces until `rx` closes and every record is settled.
+    pub async fn run(mut self, mut rx: Receiver<Record>) -> anyhow::Result<()> {
+        let mut pending: JoinSet<()> = JoinSet::new();
+        let broken = Arc::new(AtomicBool::new(false));
+        while let Some(mut record) = rx.recv().await {
+            // Settled reports free their tasks.
+            while pending.try_join_next().is_some() {}
+            if broken.swap(false, Ordering::Relaxed) {
+                self.replace_producer();
+            }
+            let message = match self.prepare(&record) {
+                Ok(m) => m,
+                Err(reason) => {
+                    record.refuse(&self.name, &reason);
+                    continue;
+                }
+            };
+            let delivery = std::mem::replace(&mut record.delivery, Delivery::detached());
+            drop(record);
+            let headers = self.headers(&message);
+            let future = loop {
+                let out = FutureRecord::to(&message.topic)
+                    .key(&message.key)
+                    .payload(&message.payload)
+                    .headers(headers.clone());
+                match self.producer.send_result(out) {
+                    Ok(f) => break Ok(f),
+                    Err((e, _)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
+                        // librdkafka's queue is full: wait for a report, then try again.
+                        if pending.join_next().await.is_none() {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                    Err((e, _)) => break Err(e),
+                }
+            };
+            let future = match future {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(sink = %self.name, error = %e, "cannot hand a message to the Kafka producer");
+                    self.counters.errors.inc();
+                    self.counters.failed_events.inc();
+                    delivery.failed(format!("Kafka sink `{}`: {e}", self.name));
+                    continue;
+                }
+            };
+            let counters = self.counters.clone();
+            let name = self.name.clone();
+            let broken = broken.clone();
+            let size = message.payload.len() as u64;
+            pending.spawn(async move {
+                match future.await {
+                    Ok(Ok(_)) => {
+                        delivery.delivered();
+                        counters.sent_events.inc();
+                        counters.sent_bytes.add(size);
+                    }
+                    Ok(Err((e, _))) => {
+                        tracing::warn!(sink = %name, error = %e, "Kafka delivery failed");
+                        counters.errors.inc();
+                        counters.failed_events.inc();
+                        delivery.failed(format!("Kafka sink `{name}`: {e}"));
+                        broken.store(true, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        counters.failed_events.inc();
+                        delivery.failed(format!("Kafka sink `{name}`: the producer went away"));
+                    }
+                }
+            });
+        }
+        while pending.join_next().await.is_some() {}
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5)))
+            .await
+            .ok();
+        Ok(())
+    }
+
+    /// After a failed delivery, a new producer (a new producer id) for what follows. An idempotent
+    /// producer whose messages timed out has to bump its epoch before it may send again, and a broker
+    /// that restarted without its producer state (tansu with memory storage) never lets it: measured,
+    /// every later record timed out until sensorgate restarted. The old producer is dropped off the
+    /// runtime; its messages still in flight are settled by their own reports (or failed when it goes).
+    fn replace_producer(&mut self) {
+        match self.config.create::<FutureProducer>() {
+            Ok(new) => {
+                tracing::info!(sink = %self.name, "a delivery failed: producing through a new Kafka producer");
+                let old = std::mem::replace(&mut self.producer, new);
+                tokio::task::spawn_blocking(move || {
+                    old.flush(Duration::from_secs(5)).ok();
+                    drop(old);
+                });
+            }
+            Err(e) => {
+                tracing::warn!(sink = %self.name, error = %e, "cannot create a new Kafka producer; keeping the old one");
+            }
+        }
+    }
+}
