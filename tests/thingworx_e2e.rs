@@ -249,31 +249,11 @@ fn answer(
 
 /// CoAP source, Efento decode, the `twx` sink with `options`, dead letters in `rejects.jsonl`.
 fn pipeline(fake: &FakeThingworx, options: &str) -> String {
-    format!(
-        r#"
-[sources.efento]
-type = "coap"
-listen = "127.0.0.1:@PORT@"
-
-[sinks.twx]
-type = "thingworx"
-url = "{url}"
-app_key_env = "TWX_TEST_APP_KEY"
-{options}
-
-[sinks.rejects]
-type = "json_lines"
-path = "rejects.jsonl"
-
-[[flows]]
-name = "efento"
-from = ["efento"]
-stages = [{{ type = "decode", codec = "efento" }}]
-to = ["twx"]
-dead_letter = "rejects"
-"#,
-        url = fake.url()
-    )
+    let sink = format!(
+        "type = \"thingworx\"\nurl = \"{}\"\napp_key_env = \"TWX_TEST_APP_KEY\"\n{options}",
+        fake.url()
+    );
+    efento_to_sink("", "twx", &sink)
 }
 
 fn start(fake: &FakeThingworx, options: &str) -> Running {

@@ -53,23 +53,28 @@ pub fn python() -> Option<PathBuf> {
     let candidate = std::env::var_os("SENSORGATE_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
-    let ok = Command::new(&candidate)
-        .args(["-c", "import aiocoap, pyarrow, duckdb, pytz"])
+    python_with(candidate, "aiocoap, pyarrow, duckdb, pytz")
+}
+
+/// `python` if it can import `modules` (`"a, b"`), or `None` (a failure when peers are required).
+pub fn python_with(python: PathBuf, modules: &str) -> Option<PathBuf> {
+    let ok = Command::new(&python)
+        .args(["-c", &format!("import {modules}")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
         require_or_skip(&format!(
-            "{} lacks aiocoap/pyarrow/duckdb (run scripts/test.sh)",
-            candidate.display()
+            "{} lacks {modules} (run scripts/test.sh)",
+            python.display()
         ));
         return None;
     }
-    Some(candidate)
+    Some(python)
 }
 
-fn require_or_skip(why: &str) {
+pub fn require_or_skip(why: &str) {
     if std::env::var("SENSORGATE_REQUIRE_PEERS").is_ok_and(|v| v == "1") {
         panic!("{why}, and SENSORGATE_REQUIRE_PEERS=1");
     }
@@ -537,4 +542,72 @@ pub fn validate_fails(toml: &str) -> String {
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{text}");
     text
+}
+
+/// A pipeline of one sink: Efento frames over CoAP (on `@PORT@`, with `source` keys added), decoded,
+/// to the sink `[sinks.NAME]` given as TOML lines; dead letters in `rejects.jsonl`.
+pub fn efento_to_sink(source: &str, name: &str, sink: &str) -> String {
+    format!(
+        r#"
+[sources.efento]
+type = "coap"
+listen = "127.0.0.1:@PORT@"
+{source}
+
+[sinks.{name}]
+{sink}
+
+[sinks.rejects]
+type = "json_lines"
+path = "rejects.jsonl"
+
+[[flows]]
+name = "efento"
+from = ["efento"]
+stages = [{{ type = "decode", codec = "efento" }}]
+to = ["{name}"]
+dead_letter = "rejects"
+"#
+    )
+}
+
+/// Posts the Efento seed frame to the pipeline's CoAP source with coap-client-notls; the answer's code.
+pub fn post_efento_seed(running: &Running) -> String {
+    let uri = format!("coap://{}/m", running.coap);
+    let frame = vector_bytes("efento", "m00_seed_open_close");
+    coap_client("post", &uri, Some(&frame), running.dir.path())
+        .expect("coap-client-notls")
+        .0
+}
+
+/// The outage check of a sink: with its peer stopped a post hears 5.00 within `answer_within`; after
+/// `restart` the same sensorgate process answers 2.01 again within `resume_within`.
+pub fn assert_outage_then_resume<P>(
+    running: &Running,
+    peer: &mut P,
+    stop: impl FnOnce(&mut P),
+    restart: impl FnOnce(&mut P),
+    answer_within: Duration,
+    resume_within: Duration,
+) {
+    stop(peer);
+    let started = Instant::now();
+    assert_eq!(post_efento_seed(running), "5.00", "log:\n{}", running.log());
+    assert!(started.elapsed() < answer_within, "{:?}", started.elapsed());
+    restart(peer);
+    let resumed = eventually(resume_within, || post_efento_seed(running) == "2.01");
+    assert!(resumed, "log:\n{}", running.log());
+}
+
+/// A sink's copy of the Efento seed's document: the envelope and its readings.
+pub fn assert_efento_document(doc: &serde_json::Value, serial: &str) {
+    assert_eq!(doc["source"], "efento", "{doc}");
+    assert_eq!(doc["kind"], "measurements", "{doc}");
+    assert_eq!(doc["device"], serial, "{doc}");
+    assert!(
+        doc["measurements"]
+            .as_array()
+            .is_some_and(|m| !m.is_empty()),
+        "{doc}"
+    );
 }
