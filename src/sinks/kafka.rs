@@ -406,3 +406,97 @@ impl KafkaSink {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Origin, Outcome};
+    use bytes::Bytes;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::{Headers, Message as _};
+    use rdkafka::mocking::MockCluster;
+
+    fn record(kind: Kind, device: Option<&str>) -> (Record, crate::record::DeliveryWatch) {
+        let (delivery, watch) = Delivery::new();
+        let mut r = Record::new("efento".into(), Origin::default(), Bytes::new(), delivery);
+        r.kind = kind;
+        r.device = device.map(str::to_string);
+        (r, watch)
+    }
+
+    #[test]
+    fn templates_and_properties_are_checked() {
+        let config: KafkaSinkConfig = toml::from_str(
+            "brokers = [\"h:1\", \"nohost\"]\ntopic = \"a/{kind}\"\nkey = \"{nope}\"\nproperties = { \"linger.ms\" = \"1\" }",
+        )
+        .unwrap();
+        let p = config.problems().join("\n");
+        assert!(p.contains("broker `nohost`"), "{p}");
+        assert!(p.contains("not a valid Kafka topic"), "{p}");
+        assert!(p.contains("{nope}"), "{p}");
+        assert!(
+            p.contains("`linger.ms` is set by this sink (key `linger`)"),
+            "{p}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_record_is_delivered_on_its_report_and_one_without_a_key_is_refused() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster
+            .create_topic("sensorgate.measurements", 2, 1)
+            .unwrap();
+        let brokers = cluster.bootstrap_servers();
+        let config: KafkaSinkConfig =
+            toml::from_str(&format!("brokers = [\"{brokers}\"]\nlinger = \"0s\"")).unwrap();
+        let sink = KafkaSink::new("k", &config).unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let run = tokio::spawn(sink.run(rx));
+
+        let (with_device, delivered) = record(Kind::Measurements, Some("282C024156AF"));
+        let (without, refused) = record(Kind::Measurements, None);
+        tx.send(with_device).await.unwrap();
+        tx.send(without).await.unwrap();
+        drop(tx);
+        assert!(matches!(
+            delivered.await.unwrap(),
+            Outcome::Delivered { .. }
+        ));
+        assert!(matches!(refused.await.unwrap(), Outcome::Rejected { .. }));
+        run.await.unwrap().unwrap();
+
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", "check")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        consumer.subscribe(&["sensorgate.measurements"]).unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(20), consumer.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.key(), Some(&b"282C024156AF"[..]));
+        let headers: Vec<(String, String)> = m
+            .headers()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                (
+                    h.key.to_string(),
+                    String::from_utf8_lossy(h.value.unwrap()).to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            headers,
+            [
+                ("source".into(), "efento".into()),
+                ("kind".into(), "measurements".into()),
+                ("schema".into(), "efento-measurements.schema.json".into()),
+            ]
+        );
+        let doc: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        assert_eq!(doc["device"], "282C024156AF");
+    }
+}

@@ -160,30 +160,9 @@ pub struct Running {
 
 /// The default-style pipeline on a free port, writing under `dir`.
 pub fn pipeline_toml(port: u16, extra_coap: &str, commit_interval: &str) -> String {
-    format!(
-        r#"
-[sources.efento]
-type = "coap"
-listen = "127.0.0.1:{port}"
-{extra_coap}
-
-[sinks.lake]
-type = "parquet"
-path = "lake"
-commit_interval = "{commit_interval}"
-
-[sinks.rejects]
-type = "json_lines"
-path = "rejects.jsonl"
-
-[[flows]]
-name = "efento"
-from = ["efento"]
-stages = [{{ type = "decode", codec = "efento" }}]
-to = ["lake"]
-dead_letter = "rejects"
-"#
-    )
+    let lake =
+        format!("type = \"parquet\"\npath = \"lake\"\ncommit_interval = \"{commit_interval}\"");
+    efento_to_sink(extra_coap, "lake", &lake).replace("@PORT@", &port.to_string())
 }
 
 impl Running {
