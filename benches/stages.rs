@@ -116,6 +116,7 @@ fn bench(c: &mut Criterion) {
             chain_timeout: HumanDuration(Duration::from_secs(3)),
             rlc_window: 128,
             json: None,
+            output: Default::default(),
         },
     );
     let mut efento = DecodeStage::new(
@@ -127,6 +128,7 @@ fn bench(c: &mut Criterion) {
             chain_timeout: HumanDuration(Duration::from_secs(3)),
             rlc_window: 128,
             json: None,
+            output: Default::default(),
         },
     );
     // Half the receptions are the same telegram from a second gateway.

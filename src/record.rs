@@ -66,7 +66,7 @@ impl fmt::Display for Kind {
 }
 
 /// Transport facts about where a frame came from. A source fills what it knows; the rest stays empty.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Origin {
     /// The peer's address (CoAP client, websocket gateway, broker).
     pub peer: Option<SocketAddr>,

@@ -31,7 +31,7 @@ use crate::config::{
 use crate::document::Document;
 use crate::record::{Kind, Record};
 use crate::registry::Registry;
-use crate::sources::{coap, esp3_websocket, mqtt};
+use crate::sources::{coap, esp3_websocket, kafka, mqtt};
 use crate::stages::decode::Codec;
 use crate::stages::{self, Stage};
 
@@ -944,6 +944,26 @@ fn input_records(
             vec![mqtt::topic_record(
                 source,
                 mqtt_config,
+                topic.get_ref(),
+                payload?,
+            )]
+        }
+        SourceKind::Kafka(kafka_config) => {
+            path_only(
+                problems,
+                "a Kafka message has a topic, given as `path`; remove it",
+            );
+            let Some(topic) = &input.path else {
+                problems.error(
+                    header,
+                    format!("{what}: a Kafka input needs its topic as `path`"),
+                    Some("add path = \"sensorgate.raw\"".into()),
+                );
+                return None;
+            };
+            vec![kafka::topic_record(
+                source,
+                kafka_config,
                 topic.get_ref(),
                 payload?,
             )]

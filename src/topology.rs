@@ -23,6 +23,7 @@ use crate::sinks::parquet::ParquetSink;
 use crate::sinks::thingworx::ThingworxSink;
 use crate::sources::coap::CoapSource;
 use crate::sources::esp3_websocket::Esp3WebsocketSource;
+use crate::sources::kafka::KafkaSource;
 use crate::sources::mqtt::MqttSource;
 use crate::stages::{self, Stage};
 
@@ -123,6 +124,9 @@ impl Pipeline {
                         Ok((Some(s.local_addr()?), Box::pin(s.run(token)) as SourceTask))
                     }),
                 SourceKind::Mqtt(c) => MqttSource::new(name, c, inputs)
+                    .map(|s| (None, Box::pin(s.run(token)) as SourceTask))
+                    .map_err(|e| e.context(format!("source `{name}`"))),
+                SourceKind::Kafka(c) => KafkaSource::new(name, c, inputs)
                     .map(|s| (None, Box::pin(s.run(token)) as SourceTask))
                     .map_err(|e| e.context(format!("source `{name}`"))),
                 SourceKind::Esp3Websocket(c) => Esp3WebsocketSource::bind(name, c, inputs)

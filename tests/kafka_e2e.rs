@@ -106,26 +106,56 @@ impl Broker {
     /// Consumes `topic` from the start with a fresh group until `want` messages arrived (or 40 s
     /// passed): each as `{key, headers, value}`.
     fn consume(&self, topic: &str, want: usize) -> Vec<serde_json::Value> {
+        self.consume_within(topic, want, 40, 0)
+    }
+
+    /// [`Broker::consume`], giving up after `seconds`, and reading on for `more` seconds once
+    /// `want` messages came (to see any extra). A value that is not JSON (a raw frame) comes as
+    /// `{"hex": ...}`.
+    fn consume_within(
+        &self,
+        topic: &str,
+        want: usize,
+        seconds: u32,
+        more: u32,
+    ) -> Vec<serde_json::Value> {
         let script = r#"
 import json, sys, time
 from confluent_kafka import Consumer
-brokers, topic, want = sys.argv[1], sys.argv[2], int(sys.argv[3])
+brokers, topic, want, seconds, more = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 c = Consumer({"bootstrap.servers": brokers, "group.id": "check-%d" % time.time_ns(),
               "auto.offset.reset": "earliest", "enable.auto.commit": False})
 c.subscribe([topic])
-got, end = 0, time.time() + 40
-while got < want and time.time() < end:
+got, end = 0, time.time() + seconds
+while time.time() < end:
+    if got >= want:
+        end = min(end, time.time() + more)
+        if more == 0:
+            break
     m = c.poll(0.5)
     if m is None or m.error():
         continue
     got += 1
+    try:
+        value = json.loads(m.value())
+    except ValueError:
+        value = {"hex": m.value().hex()}
     print(json.dumps({"key": m.key().decode() if m.key() else None,
+                      "partition": m.partition(),
                       "headers": {k: v.decode() for k, v in (m.headers() or [])},
-                      "value": json.loads(m.value())}), flush=True)
+                      "value": value}), flush=True)
 c.close()
 "#;
         let out = Command::new(&self.python)
-            .args(["-c", script, &self.brokers(), topic, &want.to_string()])
+            .args([
+                "-c",
+                script,
+                &self.brokers(),
+                topic,
+                &want.to_string(),
+                &seconds.to_string(),
+                &more.to_string(),
+            ])
             .output()
             .expect("run the confluent-kafka consumer");
         assert!(
@@ -138,6 +168,390 @@ c.close()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     }
+}
+
+impl Broker {
+    /// Creates `topic` with `partitions` partitions (tansu's own admin command).
+    fn create_topic(&self, topic: &str, partitions: u32) {
+        let out = Command::new(&self.program)
+            .args(["topic", "create", topic, "--partitions"])
+            .arg(partitions.to_string())
+            .arg("--broker")
+            .arg(format!("tcp://{}", self.brokers()))
+            .output()
+            .expect("run tansu topic create");
+        assert_success(&out);
+    }
+
+    /// Produces raw Efento frames as an ingest tier does, with Python's confluent-kafka: each
+    /// `(key, frame)` with the headers `route = measurements` and `path = m`.
+    fn produce_frames(&self, topic: &str, frames: &[(String, Vec<u8>)]) {
+        let script = r#"
+import sys
+from confluent_kafka import Producer
+brokers, topic = sys.argv[1], sys.argv[2]
+p = Producer({"bootstrap.servers": brokers})
+for arg in sys.argv[3:]:
+    key, frame = arg.split(":")
+    p.produce(topic, key=key, value=bytes.fromhex(frame),
+              headers=[("kind", b"raw"), ("route", b"measurements"), ("path", b"m")])
+assert p.flush(30) == 0
+"#;
+        let args = frames
+            .iter()
+            .map(|(key, frame)| format!("{key}:{}", hex(frame)));
+        let out = Command::new(&self.python)
+            .args(["-c", script, &self.brokers(), topic])
+            .args(args)
+            .output()
+            .expect("run the confluent-kafka producer");
+        assert_success(&out);
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A simulated Efento sensor's frame (`sensorgate loadgen coap`'s) and the serial it decodes to.
+fn sensor_frame(device: u32, seq: u32) -> (String, Vec<u8>) {
+    (
+        format!("4C47{device:08X}"),
+        sensorgate::loadgen::frame(device, seq),
+    )
+}
+
+/// sensorgate without a CoAP source (a processing tier): its own directory, killed when dropped.
+struct Tier {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Tier {
+    fn start(toml: &str) -> Tier {
+        Self::start_in(tempfile::tempdir().unwrap(), toml)
+    }
+
+    fn start_in(dir: tempfile::TempDir, toml: &str) -> Tier {
+        std::fs::write(dir.path().join("pipeline.toml"), toml).unwrap();
+        let (child, log) = spawn_run(dir.path());
+        Tier { child, dir, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The partitions the group gave this instance last (0 before it joined).
+    fn assigned(&self) -> usize {
+        self.log()
+            .lines()
+            .rev()
+            .find(|l| l.contains("partitions assigned by the group"))
+            .and_then(|l| l.split("partitions=").nth(1))
+            .and_then(|n| n.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn documents(&self, file: &str) -> Vec<serde_json::Value> {
+        json_lines(&self.dir.path().join(file))
+    }
+
+    fn terminate(mut self) -> tempfile::TempDir {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let exited = eventually(Duration::from_secs(30), || {
+            self.child.try_wait().unwrap().is_some()
+        });
+        assert!(exited, "no exit after SIGTERM; log:\n{}", self.log());
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+}
+
+impl Drop for Tier {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A processing tier: raw frames from `topic` in group `group`, decoded, to `[sinks.out]`.
+fn processing(brokers: &str, topic: &str, group: &str, out: &str) -> String {
+    format!(
+        r#"
+[sources.frames]
+type = "kafka"
+brokers = ["{brokers}"]
+topics = ["{topic}"]
+group_id = "{group}"
+format = "raw"
+retry_min = "200ms"
+retry_max = "1s"
+
+[sinks.out]
+{out}
+
+[sinks.rejects]
+type = "json_lines"
+path = "rejects.jsonl"
+
+[[flows]]
+name = "process"
+from = ["frames"]
+stages = [{{ type = "decode", codec = "efento" }}]
+to = ["out"]
+dead_letter = "rejects"
+"#
+    )
+}
+
+/// The example pair of `examples/`, pointed at `broker` and `topic` (and the CoAP port `@PORT@`).
+fn example(file: &str, broker: &Broker, topic: &str) -> String {
+    let root = env!("CARGO_MANIFEST_DIR");
+    std::fs::read_to_string(format!("{root}/examples/{file}"))
+        .unwrap()
+        .replace("127.0.0.1:9092", &broker.brokers())
+        .replace("sensorgate.raw", topic)
+        .replace("0.0.0.0:5683", "127.0.0.1:@PORT@")
+        .replace("\"schemas/", &format!("\"{root}/schemas/"))
+}
+
+#[test]
+fn the_example_pair_scales_out_every_acknowledged_frame_is_processed_once_by_one_instance() {
+    let Some(broker) = Broker::start() else {
+        return;
+    };
+    let topic = format!("frames-{}", std::process::id());
+    broker.create_topic(&topic, 4);
+    let process = example("kafka-process.toml", &broker, &topic);
+    let a = Tier::start(&process);
+    let b = Tier::start(&process);
+    // Both in the group, sharing the four partitions, before the frames come.
+    let shared = eventually(Duration::from_secs(60), || {
+        let (na, nb) = (a.assigned(), b.assigned());
+        na > 0 && nb > 0 && na + nb == 4
+    });
+    assert!(shared, "A:\n{}\nB:\n{}", a.log(), b.log());
+
+    peer("coap-client-notls").expect("coap-client-notls");
+    let ingest = Running::start_pipeline(
+        tempfile::tempdir().unwrap(),
+        &example("kafka-ingest.toml", &broker, &topic),
+    );
+    let uri = format!("coap://{}/m", ingest.coap);
+    let sensors = 24u32;
+    let mut frames = Vec::new();
+    for device in 0..sensors {
+        let (serial, frame) = sensor_frame(device, 0);
+        let code = coap_client("post", &uri, Some(&frame), ingest.dir.path())
+            .unwrap()
+            .0;
+        assert_eq!(code, "2.01", "log:\n{}", ingest.log());
+        frames.push((serial, frame));
+    }
+    // A sensor that did not hear its 2.01 sends the same frame again: stored once (dedupe).
+    let (_, again) = &frames[0];
+    let code = coap_client("post", &uri, Some(again), ingest.dir.path())
+        .unwrap()
+        .0;
+    assert_eq!(code, "2.01");
+
+    // The topic holds the raw frames, keyed by serial, with their origin.
+    let raw = broker.consume(&topic, frames.len() + 1);
+    assert_eq!(raw.len(), frames.len() + 1, "{raw:?}");
+    for m in &raw {
+        let (_, frame) = frames
+            .iter()
+            .find(|(serial, _)| m["key"] == serial.as_str())
+            .unwrap_or_else(|| panic!("unknown key: {m}"));
+        assert_eq!(m["value"]["hex"], hex(frame), "{m}");
+        assert_eq!(m["headers"]["kind"], "raw", "{m}");
+        assert_eq!(m["headers"]["route"], "measurements", "{m}");
+        assert_eq!(m["headers"]["path"], "m", "{m}");
+        assert_eq!(m["headers"]["device"], m["key"], "{m}");
+        assert!(m["headers"]["received_at_ms"].is_string(), "{m}");
+    }
+
+    let file = "data/measurements.jsonl";
+    let all = eventually(Duration::from_secs(60), || {
+        a.documents(file).len() + b.documents(file).len() >= frames.len()
+    });
+    assert!(all, "A:\n{}\nB:\n{}", a.log(), b.log());
+    std::thread::sleep(Duration::from_secs(2)); // room for a duplicate to show
+    let (da, db) = (a.documents(file), b.documents(file));
+    let devices = |docs: &[serde_json::Value]| -> std::collections::BTreeSet<String> {
+        docs.iter()
+            .map(|d| d["device"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (sa, sb) = (devices(&da), devices(&db));
+    assert_eq!(da.len() + db.len(), frames.len(), "A: {sa:?}\nB: {sb:?}");
+    assert!(!da.is_empty() && !db.is_empty(), "A: {sa:?}\nB: {sb:?}");
+    assert!(sa.is_disjoint(&sb), "a sensor on both: A {sa:?}, B {sb:?}");
+    let union: std::collections::BTreeSet<String> = sa.union(&sb).cloned().collect();
+    let sent: std::collections::BTreeSet<String> =
+        frames.iter().map(|(serial, _)| serial.clone()).collect();
+    assert_eq!(union, sent);
+    for doc in da.iter().chain(&db) {
+        assert_efento_like(doc);
+    }
+}
+
+#[test]
+fn a_record_that_fails_is_read_again_and_its_offset_is_committed_only_once_stored() {
+    let Some(source) = Broker::start() else {
+        return;
+    };
+    let Some(mut target) = Broker::start() else {
+        return;
+    };
+    let pid = std::process::id();
+    let (input, output, group) = (
+        format!("in-{pid}"),
+        format!("out-{pid}"),
+        format!("g-{pid}"),
+    );
+    source.create_topic(&input, 1);
+    target.stop();
+    let to_target = format!(
+        "type = \"kafka\"\nbrokers = [\"{}\"]\ntopic = \"{output}\"\ndeadline = \"1s\"\nlinger = \"1ms\"",
+        target.brokers()
+    );
+    let toml = processing(&source.brokers(), &input, &group, &to_target);
+    let first: Vec<_> = (0..3).map(|d| sensor_frame(d, 0)).collect();
+    source.produce_frames(&input, &first);
+
+    // The target is down: the records fail, and the partition is read again after a wait.
+    let tier = Tier::start(&toml);
+    let rewinds = |tier: &Tier| {
+        tier.log()
+            .matches("read again from it after a wait")
+            .count()
+    };
+    assert!(
+        eventually(Duration::from_secs(60), || rewinds(&tier) >= 2),
+        "log:\n{}",
+        tier.log()
+    );
+    // Back: the same process stores them, without a restart.
+    target.spawn();
+    let got = target.consume_within(&output, 3, 90, 0);
+    let keys = |got: &[serde_json::Value]| -> std::collections::BTreeSet<String> {
+        got.iter()
+            .map(|m| m["key"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let want = |frames: &[(String, Vec<u8>)]| -> std::collections::BTreeSet<String> {
+        frames.iter().map(|(k, _)| k.clone()).collect()
+    };
+    assert_eq!(keys(&got), want(&first), "log:\n{}", tier.log());
+
+    // Down again, two more frames that cannot be stored; then a restart of sensorgate.
+    target.stop();
+    let second: Vec<_> = (3..5).map(|d| sensor_frame(d, 0)).collect();
+    let before = rewinds(&tier);
+    source.produce_frames(&input, &second);
+    assert!(
+        eventually(Duration::from_secs(60), || rewinds(&tier) > before),
+        "log:\n{}",
+        tier.log()
+    );
+    let dir = tier.terminate();
+    target.spawn(); // empty again (memory storage)
+    let tier = Tier::start_in(dir, &toml);
+    let started = std::time::Instant::now();
+    assert!(
+        eventually(Duration::from_secs(120), || tier.assigned() > 0),
+        "log:\n{}",
+        tier.log()
+    );
+    eprintln!("rejoined the group in {:?}", started.elapsed());
+    // Only the two unstored frames are read again: the first three's offsets were committed.
+    let got = target.consume_within(&output, 2, 90, 5);
+    assert_eq!(keys(&got), want(&second), "log:\n{}", tier.log());
+    assert_eq!(got.len(), 2, "{got:?}");
+    for m in &got {
+        assert_efento_like(&m["value"]);
+    }
+}
+
+fn assert_efento_like(doc: &serde_json::Value) {
+    assert_eq!(doc["source"], "frames", "{doc}");
+    assert_eq!(doc["kind"], "measurements", "{doc}");
+    assert_eq!(
+        doc["measurements"].as_array().map(Vec::len),
+        Some(8),
+        "{doc}"
+    );
+}
+
+#[test]
+fn a_processing_tier_sends_what_it_cannot_read_to_the_dead_letter_and_commits_it() {
+    let Some(broker) = Broker::start() else {
+        return;
+    };
+    let pid = std::process::id();
+    let (input, group) = (format!("bad-{pid}"), format!("gb-{pid}"));
+    broker.create_topic(&input, 1);
+    let good = sensor_frame(7, 0);
+    let frames = vec![
+        ("4C4700000009".to_string(), vec![0xff, 0x00, 0x13]),
+        good.clone(),
+    ];
+    broker.produce_frames(&input, &frames);
+    let toml = processing(
+        &broker.brokers(),
+        &input,
+        &group,
+        "type = \"json_lines\"\npath = \"out.jsonl\"",
+    );
+    let tier = Tier::start(&toml);
+    let done = eventually(Duration::from_secs(60), || {
+        tier.documents("out.jsonl").len() == 1 && tier.documents("rejects.jsonl").len() == 1
+    });
+    assert!(done, "log:\n{}", tier.log());
+    let rejected = &tier.documents("rejects.jsonl")[0];
+    assert_eq!(rejected["stage"], "decode", "{rejected}");
+    assert_eq!(rejected["raw_hex"], "ff0013", "{rejected}");
+    assert_eq!(rejected["path"], "m", "{rejected}");
+    assert_eq!(tier.documents("out.jsonl")[0]["device"], good.0);
+    // Both offsets were committed: a restart reads nothing again.
+    let dir = tier.terminate();
+    let tier = Tier::start_in(dir, &toml);
+    assert!(
+        eventually(Duration::from_secs(60), || tier.assigned() > 0),
+        "log:\n{}",
+        tier.log()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(tier.documents("out.jsonl").len(), 1, "log:\n{}", tier.log());
+    assert_eq!(tier.documents("rejects.jsonl").len(), 1);
+}
+
+#[test]
+fn validate_names_bad_kafka_source_keys() {
+    let toml = r#"[sources.k]
+type = "kafka"
+brokers = ["127.0.0.1:9092"]
+topics = ["a b"]
+group = "g"
+
+[sinks.o]
+type = "json_lines"
+path = "o.jsonl"
+
+[[flows]]
+name = "f"
+from = ["k"]
+to = ["o"]
+"#;
+    let text = validate_fails(toml);
+    assert!(text.contains("pipeline.toml:5:1"), "{text}");
+    assert!(text.contains("unknown field `group`"), "{text}");
+    assert!(text.contains("group_id"), "{text}");
 }
 
 impl Drop for Broker {
@@ -268,5 +682,8 @@ to = ["k", "l", "m"]
     assert!(text.contains("pipeline.toml:14:15"), "{text}");
     assert!(text.contains("zstd"), "{text}");
     assert!(text.contains("not a valid Kafka topic"), "{text}");
-    assert!(text.contains("`acks` is set by this sink"), "{text}");
+    assert!(
+        text.contains("`acks` cannot be set through properties: the sink always asks for `all`"),
+        "{text}"
+    );
 }

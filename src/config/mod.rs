@@ -28,6 +28,7 @@ use crate::sinks::parquet::ParquetConfig;
 use crate::sinks::thingworx::ThingworxConfig;
 use crate::sources::coap::CoapConfig;
 use crate::sources::esp3_websocket::Esp3WebsocketConfig;
+use crate::sources::kafka::KafkaSourceConfig;
 use crate::sources::mqtt::MqttSourceConfig;
 use crate::stages::decode::{DecodeConfig, PluginDecodeConfig};
 use crate::stages::dedupe::DedupeConfig;
@@ -62,6 +63,8 @@ pub enum SourceKind {
     Esp3Websocket(Esp3WebsocketConfig),
     /// `type = "mqtt"`: subscriptions on an MQTT broker, acknowledged once stored.
     Mqtt(MqttSourceConfig),
+    /// `type = "kafka"`: topics read in a consumer group, offsets committed once stored.
+    Kafka(Box<KafkaSourceConfig>),
 }
 
 /// A sink: where records end up.
@@ -121,6 +124,7 @@ impl SourceKind {
             SourceKind::Coap(_) => "coap",
             SourceKind::Esp3Websocket(_) => "esp3_websocket",
             SourceKind::Mqtt(_) => "mqtt",
+            SourceKind::Kafka(_) => "kafka",
         }
     }
 }
@@ -137,7 +141,7 @@ impl SinkKind {
     }
 }
 
-const SOURCE_TYPES: &[&str] = &["coap", "esp3_websocket", "mqtt"];
+const SOURCE_TYPES: &[&str] = &["coap", "esp3_websocket", "mqtt", "kafka"];
 const SINK_TYPES: &[&str] = &["parquet", "json_lines", "mqtt", "thingworx", "kafka"];
 const STAGE_TYPES: &[&str] = &["decode", "dedupe", "enrich", "validate"];
 const TOP_KEYS: &[&str] = &["sources", "sinks", "flows", "plugins"];
@@ -688,6 +692,13 @@ impl<'a> Loader<'a> {
                     self.error(name_span.clone(), format!("{what}: {problem}"), None);
                 }
                 Some(SourceKind::Mqtt(config))
+            }
+            "kafka" => {
+                let config: KafkaSourceConfig = self.deserialize(&what, table)?;
+                for problem in config.problems() {
+                    self.error(name_span.clone(), format!("{what}: {problem}"), None);
+                }
+                Some(SourceKind::Kafka(Box::new(config)))
             }
             _ => None,
         }

@@ -4,9 +4,11 @@
 //! **Messages.** The topic is `topic`, a template with `{device}`, `{kind}`, `{gateway}` and
 //! `{source}` (default `sensorgate.{kind}`); characters a topic name may not hold become `_`. The key
 //! is `key`, the same kind of template (default `{device}`, so the records of one device stay in
-//! order on one partition). The value is the record's JSON document. Every message carries the
-//! headers `source` (the source's name), `kind` and, when a schema is published for the kind,
-//! `schema` (its file name, see `schemas/README.md`; `schemas = { kind = "file" }` overrides). A
+//! order on one partition). With `format = "document"` (the default) the value is the record's JSON
+//! document; with `format = "raw"` it is the frame as received, its origin in headers (see
+//! [`crate::kafka`]): what an ingest tier writes for a processing tier's Kafka source. Every message
+//! carries the headers `source` (the source's name), `kind` and, when a schema is published for the
+//! kind, `schema` (its file name, see `schemas/README.md`; `schemas = { kind = "file" }` overrides). A
 //! record whose template needs a device or gateway it does not have is refused for good (dead
 //! letter).
 //!
@@ -27,8 +29,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use bytes::Bytes;
 use rdkafka::ClientConfig;
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::mpsc::Receiver;
@@ -38,6 +41,7 @@ use super::SinkCounters;
 use super::template::Part;
 use crate::config::HumanDuration;
 use crate::document::Document;
+use crate::kafka::{self, Format};
 use crate::record::{Delivery, Kind, Record};
 
 /// Compression of the produced batches.
@@ -74,6 +78,9 @@ pub struct KafkaSinkConfig {
     /// Key template (same placeholders).
     #[serde(default = "default_key")]
     pub key: String,
+    /// `document` (the JSON document) or `raw` (the frame as received, its origin in headers).
+    #[serde(default)]
+    pub format: Format,
     /// The client id (default `sensorgate-NAME`).
     #[serde(default)]
     pub client_id: Option<String>,
@@ -115,19 +122,28 @@ fn default_deadline() -> HumanDuration {
 
 /// The librdkafka settings this sink owns: `properties` may not set them.
 const OWNED: &[(&str, &str)] = &[
-    ("bootstrap.servers", "brokers"),
-    ("metadata.broker.list", "brokers"),
-    ("client.id", "client_id"),
-    ("acks", "(always all)"),
-    ("request.required.acks", "(always all)"),
-    ("enable.idempotence", "(always true)"),
-    ("compression.type", "compression"),
-    ("compression.codec", "compression"),
-    ("linger.ms", "linger"),
-    ("queue.buffering.max.ms", "linger"),
-    ("batch.size", "batch_size"),
-    ("message.timeout.ms", "deadline"),
-    ("delivery.timeout.ms", "deadline"),
+    ("bootstrap.servers", "set it with `brokers`"),
+    ("metadata.broker.list", "set it with `brokers`"),
+    ("client.id", "set it with `client_id`"),
+    (
+        "acks",
+        "the sink always asks for `all` (every in-sync replica)",
+    ),
+    (
+        "request.required.acks",
+        "the sink always asks for `all` (every in-sync replica)",
+    ),
+    (
+        "enable.idempotence",
+        "the sink always produces idempotently",
+    ),
+    ("compression.type", "set it with `compression`"),
+    ("compression.codec", "set it with `compression`"),
+    ("linger.ms", "set it with `linger`"),
+    ("queue.buffering.max.ms", "set it with `linger`"),
+    ("batch.size", "set it with `batch_size`"),
+    ("message.timeout.ms", "set it with `deadline`"),
+    ("delivery.timeout.ms", "set it with `deadline`"),
 ];
 
 /// The schema published for a kind (`schemas/README.md`).
@@ -166,17 +182,7 @@ fn parse_topic(template: &str) -> Result<Vec<Part>, String> {
 
 impl KafkaSinkConfig {
     pub fn problems(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        if self.brokers.is_empty() {
-            out.push("brokers is empty: give at least one `host:port`".into());
-        }
-        for b in &self.brokers {
-            if b.rsplit_once(':')
-                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
-            {
-                out.push(format!("broker `{b}` is not `host:port`"));
-            }
-        }
+        let mut out = kafka::broker_problems(&self.brokers);
         if let Err(e) = parse_topic(&self.topic) {
             out.push(e);
         }
@@ -192,28 +198,18 @@ impl KafkaSinkConfig {
         if self.batch_size == 0 {
             out.push("batch_size must be at least 1".into());
         }
-        for key in self.properties.keys() {
-            if let Some((_, by)) = OWNED.iter().find(|(k, _)| k == key) {
-                out.push(format!(
-                    "properties: `{key}` is set by this sink (key `{by}`), not through properties"
-                ));
-            }
-        }
+        out.extend(kafka::property_problems(self.properties.keys(), OWNED));
         out
     }
 
     fn client_config(&self, name: &str) -> ClientConfig {
-        let mut c = ClientConfig::new();
-        for (k, v) in &self.properties {
-            c.set(k, v);
-        }
-        let client_id = self
-            .client_id
-            .clone()
-            .unwrap_or_else(|| format!("sensorgate-{name}"));
-        c.set("bootstrap.servers", self.brokers.join(","))
-            .set("client.id", client_id)
-            .set("acks", "all")
+        let mut c = kafka::client_config(
+            &self.brokers,
+            self.client_id.as_deref(),
+            name,
+            &self.properties,
+        );
+        c.set("acks", "all")
             .set("enable.idempotence", "true")
             .set("compression.type", self.compression.as_str())
             .set("linger.ms", self.linger.get().as_millis().to_string())
@@ -234,6 +230,7 @@ pub struct KafkaSink {
     topic: Vec<Part>,
     key: Vec<Part>,
     schemas: BTreeMap<Kind, String>,
+    format: Format,
     counters: SinkCounters,
 }
 
@@ -241,9 +238,11 @@ pub struct KafkaSink {
 struct Message {
     topic: String,
     key: String,
-    payload: Vec<u8>,
+    payload: Bytes,
     kind: Kind,
     source: Arc<str>,
+    /// `format = "raw"`: the frame's origin headers.
+    origin: Option<OwnedHeaders>,
 }
 
 impl KafkaSink {
@@ -264,6 +263,7 @@ impl KafkaSink {
             topic: parse_topic(&config.topic).map_err(anyhow::Error::msg)?,
             key: Part::parse("key", &config.key).map_err(anyhow::Error::msg)?,
             schemas: config.schemas.clone(),
+            format: config.format,
             counters: SinkCounters::new(name, "produce"),
         })
     }
@@ -271,27 +271,44 @@ impl KafkaSink {
     fn prepare(&self, record: &Record) -> Result<Message, String> {
         let topic = Part::render(&self.topic, record, topic_char)?;
         let key = Part::render(&self.key, record, |c| c)?;
-        let payload = serde_json::to_vec(&Document(record))
-            .map_err(|e| format!("cannot serialize the document: {e}"))?;
+        let (payload, origin) = match self.format {
+            Format::Document => (
+                serde_json::to_vec(&Document(record))
+                    .map_err(|e| format!("cannot serialize the document: {e}"))?
+                    .into(),
+                None,
+            ),
+            Format::Raw => (
+                record.raw.clone(),
+                Some(kafka::add_frame_headers(record, OwnedHeaders::new())),
+            ),
+        };
         Ok(Message {
             topic,
             key,
             payload,
             kind: record.kind,
             source: record.source.clone(),
+            origin,
         })
     }
 
     fn headers(&self, m: &Message) -> OwnedHeaders {
         let mut h = OwnedHeaders::new_with_capacity(3)
             .insert(Header {
-                key: "source",
+                key: kafka::SOURCE,
                 value: Some(&*m.source),
             })
             .insert(Header {
-                key: "kind",
+                key: kafka::KIND,
                 value: Some(m.kind.as_str()),
             });
+        if let Some(origin) = &m.origin {
+            for header in origin.iter() {
+                h = h.insert(header);
+            }
+            return h;
+        }
         let schema = self
             .schemas
             .get(&m.kind)
@@ -299,7 +316,7 @@ impl KafkaSink {
             .or_else(|| published_schema(m.kind));
         if let Some(schema) = schema {
             h = h.insert(Header {
-                key: "schema",
+                key: kafka::SCHEMA,
                 value: Some(schema),
             });
         }
@@ -329,7 +346,7 @@ impl KafkaSink {
             let future = loop {
                 let out = FutureRecord::to(&message.topic)
                     .key(&message.key)
-                    .payload(&message.payload)
+                    .payload(&message.payload[..])
                     .headers(headers.clone());
                 match self.producer.send_result(out) {
                     Ok(f) => break Ok(f),
@@ -411,9 +428,8 @@ impl KafkaSink {
 mod tests {
     use super::*;
     use crate::record::{Origin, Outcome};
-    use bytes::Bytes;
     use rdkafka::consumer::{Consumer, StreamConsumer};
-    use rdkafka::message::{Headers, Message as _};
+    use rdkafka::message::Message as _;
     use rdkafka::mocking::MockCluster;
 
     fn record(kind: Kind, device: Option<&str>) -> (Record, crate::record::DeliveryWatch) {
@@ -435,7 +451,7 @@ mod tests {
         assert!(p.contains("not a valid Kafka topic"), "{p}");
         assert!(p.contains("{nope}"), "{p}");
         assert!(
-            p.contains("`linger.ms` is set by this sink (key `linger`)"),
+            p.contains("`linger.ms` cannot be set through properties: set it with `linger`"),
             "{p}"
         );
     }

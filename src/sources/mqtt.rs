@@ -376,23 +376,9 @@ impl MqttSource {
             Bytes::clone(&publish.payload),
             delivery,
         );
-        let mut permits = Vec::with_capacity(self.flows.len());
-        for flow in &self.flows {
-            tokio::select! {
-                _ = shutdown.cancelled() => return None,
-                permit = flow.reserve() => match permit {
-                    Ok(p) => permits.push(p),
-                    // A flow that stopped stops the pipeline; the message stays unacknowledged.
-                    Err(_) => return None,
-                }
-            }
-        }
-        let mut permits = permits.into_iter();
-        if let Some(last) = permits.next_back() {
-            for permit in permits {
-                permit.send(record.clone());
-            }
-            last.send(record);
+        // A flow that stopped stops the pipeline; the message stays unacknowledged.
+        if !super::hand_to_flows(&self.flows, record, shutdown).await {
+            return None;
         }
         Some(pending.map(|watch| Pending {
             publish,

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Stage;
 use crate::codecs::enocean::engine::{self, Engine, EngineOptions};
+use crate::codecs::enocean::esp3;
 use crate::codecs::wasm;
 use crate::codecs::{efento, json};
 use crate::config::HumanDuration;
@@ -41,6 +42,26 @@ pub struct DecodeConfig {
     /// json: how payload fields map to devices, times and readings (see [`json::JsonMapping`]).
     #[serde(default)]
     pub json: Option<json::JsonMapping>,
+    /// `documents` (the default): decoded records. `raw`: the frame goes on undecoded, with only its
+    /// device found (for an ingest tier writing raw frames keyed by device; see [`Output`]).
+    #[serde(default)]
+    pub output: Output,
+}
+
+/// What the decode stage passes on.
+///
+/// With `raw`, each frame goes on as it came (kind `raw`, its bytes and origin unchanged) with its
+/// device set, and a frame the codec cannot read still goes to dead letter. Efento, json and plugin
+/// frames are decoded to find the device (the first item's, for a payload of several). ESP3 frames
+/// are not run through the EnOcean engine, which keeps state per device (chains, rolling codes) that
+/// belongs to the processing tier: a radio telegram's device is its sender id, read from the frame;
+/// other packets go on without a device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Output {
+    #[default]
+    Documents,
+    Raw,
 }
 
 /// `{ type = "decode", codec = "plugin", plugin = "vendor:flespi" }`: a vendor codec plugin from
@@ -107,6 +128,8 @@ impl DecodeConfig {
                 "codec \"plugin\" needs plugin = \"vendor:NAME\" (what the plugin declares it decodes; see `sensorgate plugins list`)".into(),
             ),
             Codec::Esp3 => match &self.registry {
+                // Frames only get their sender id: no registry needed.
+                None if self.output == Output::Raw => {}
                 None => out.push(
                     "codec \"esp3\" needs registry = \"devices.toml\": without one every telegram is from an unknown device".into(),
                 ),
@@ -144,6 +167,7 @@ pub enum Codec {
 pub struct DecodeStage {
     flow: Arc<str>,
     codec: Codec,
+    output: Output,
     decoded: Counter,
     rejected: Counter,
     enocean: Option<EnoceanState>,
@@ -190,6 +214,7 @@ impl DecodeStage {
                 chain_timeout: default_chain_timeout(),
                 rlc_window: default_rlc_window(),
                 json: None,
+                output: Output::Documents,
             },
             plugins,
         );
@@ -212,7 +237,7 @@ impl DecodeStage {
             Codec::Plugin => "plugin",
             Codec::Json => "json",
         };
-        let enocean = (config.codec == Codec::Esp3).then(|| {
+        let enocean = (config.codec == Codec::Esp3 && config.output == Output::Documents).then(|| {
             let registry = match &config.registry {
                 Some(path) => match Registry::open(path) {
                     Ok(r) => r,
@@ -248,6 +273,7 @@ impl DecodeStage {
         DecodeStage {
             flow: flow.into(),
             codec: config.codec,
+            output: config.output,
             decoded: metrics::counter("decoded_records_total", &[("flow", flow), ("codec", codec)]),
             rejected: metrics::counter(
                 "component_errors_total",
@@ -440,6 +466,77 @@ impl DecodeStage {
 }
 
 impl DecodeStage {
+    /// `output = "raw"`: the frame goes on undecoded, with its device (see [`Output`]).
+    fn identify(&mut self, record: Record, out: &mut Vec<Record>) {
+        if record.kind != Kind::Raw {
+            out.push(record);
+            return;
+        }
+        if self.codec == Codec::Esp3 {
+            return self.identify_esp3(record, out);
+        }
+        // A share of the frame's delivery for the frame itself; the decoded outputs settle theirs.
+        let frame = record.clone();
+        let mut decoded = Vec::new();
+        self.process_record(record, &mut decoded);
+        let mut device = None;
+        let mut rejected = None;
+        for r in decoded {
+            if r.kind == Kind::DeadLetter {
+                rejected = Some(r);
+                continue;
+            }
+            if device.is_none() {
+                device = r.device.clone();
+            }
+            r.delivery.delivered();
+        }
+        if let Some(rejected) = rejected {
+            frame.delivery.delivered();
+            out.push(rejected);
+            return;
+        }
+        let mut record = frame;
+        if let Some(device) = device {
+            record.delivery.set_device(&device);
+            record.device = Some(device);
+        }
+        out.push(record);
+    }
+
+    fn identify_esp3(&mut self, mut record: Record, out: &mut Vec<Record>) {
+        match esp3::parse_packet(&record.raw) {
+            Ok((packet, len)) if len == record.raw.len() => {
+                self.decoded.inc();
+                if packet.packet_type == esp3::packet_type::RADIO_ERP1 && packet.data.len() >= 6 {
+                    let at = packet.data.len() - 5;
+                    let id = u32::from_be_bytes([
+                        packet.data[at],
+                        packet.data[at + 1],
+                        packet.data[at + 2],
+                        packet.data[at + 3],
+                    ]);
+                    let device = crate::codecs::enocean::id_hex(id);
+                    record.delivery.set_device(&device);
+                    record.device = Some(device);
+                }
+                out.push(record);
+            }
+            Ok((_, len)) => {
+                self.rejected.inc();
+                let reason = format!(
+                    "trailing_bytes: the ESP3 frame is {len} bytes, {} were received",
+                    record.raw.len()
+                );
+                out.push(record.into_dead_letter(&self.flow, "decode", &reason));
+            }
+            Err(e) => {
+                self.rejected.inc();
+                out.push(record.into_dead_letter(&self.flow, "decode", &e.to_string()));
+            }
+        }
+    }
+
     fn process_record(&mut self, mut record: Record, out: &mut Vec<Record>) {
         let result = match self.codec {
             Codec::Efento => self.decode_efento(&mut record),
@@ -492,7 +589,10 @@ impl Stage for DecodeStage {
     }
 
     fn process(&mut self, record: Record, out: &mut Vec<Record>) {
-        self.process_record(record, out)
+        match self.output {
+            Output::Documents => self.process_record(record, out),
+            Output::Raw => self.identify(record, out),
+        }
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -530,6 +630,97 @@ impl Stage for DecodeStage {
                 crate::record::Delivery::detached(),
             );
             out.push(with_output(record, output));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Delivery, Origin, Outcome};
+    use bytes::Bytes;
+
+    fn raw_stage(codec: &str) -> DecodeStage {
+        let config: DecodeConfig =
+            toml::from_str(&format!("codec = \"{codec}\"\noutput = \"raw\"")).unwrap();
+        assert!(config.problems().is_empty(), "{:?}", config.problems());
+        DecodeStage::new("f", &config)
+    }
+
+    fn frame_record(raw: Vec<u8>, route: &str) -> (Record, crate::record::DeliveryWatch) {
+        let (delivery, watch) = Delivery::new();
+        let origin = Origin {
+            route: Some(Arc::from(route)),
+            ..Origin::default()
+        };
+        (
+            Record::new(Arc::from("s"), origin, Bytes::from(raw), delivery),
+            watch,
+        )
+    }
+
+    #[test]
+    fn raw_output_passes_the_frame_on_with_its_device_and_one_delivery() {
+        let mut stage = raw_stage("efento");
+        let frame = crate::loadgen::frame(5, 0);
+        let (record, mut watch) = frame_record(frame.clone(), "measurements");
+        let mut out = Vec::new();
+        stage.process(record, &mut out);
+        assert_eq!(out.len(), 1);
+        let r = out.pop().unwrap();
+        assert_eq!(r.kind, Kind::Raw);
+        assert_eq!(r.device.as_deref(), Some("4C4700000005"));
+        assert_eq!(&r.raw[..], &frame[..]);
+        assert!(r.body.is_empty() && r.readings.is_empty());
+        // The decoded copies settled their shares: the frame's delivery is the record's alone.
+        assert!(
+            watch.try_recv().is_err(),
+            "settled before the frame was stored"
+        );
+        r.delivery.delivered();
+        assert!(matches!(watch.try_recv(), Ok(Outcome::Delivered { .. })));
+    }
+
+    #[test]
+    fn raw_output_still_sends_unreadable_frames_to_the_dead_letter() {
+        let mut stage = raw_stage("efento");
+        let (record, mut watch) = frame_record(vec![0xff, 0x00, 0x13], "measurements");
+        let mut out = Vec::new();
+        stage.process(record, &mut out);
+        assert_eq!(out.len(), 1);
+        let r = out.pop().unwrap();
+        assert_eq!(r.kind, Kind::DeadLetter);
+        assert_eq!(r.body["raw_hex"], "ff0013");
+        r.delivery.delivered();
+        assert!(matches!(watch.try_recv(), Ok(Outcome::Rejected { .. })));
+    }
+
+    #[test]
+    fn raw_output_of_esp3_reads_the_sender_id_without_the_engine() {
+        let mut stage = raw_stage("esp3");
+        let data = [0xF6, 0x30, 0x01, 0x80, 0xA1, 0xB3, 0x30];
+        let frame = esp3::encode(esp3::packet_type::RADIO_ERP1, &data, &[0x01, 0xff]);
+        let (record, _watch) = frame_record(frame.clone(), "esp3");
+        let mut out = Vec::new();
+        stage.process(record, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].kind, Kind::Raw);
+        assert_eq!(out[0].device.as_deref(), Some("0180a1b3"));
+        // Not a radio telegram: no device, still passed on.
+        let event = esp3::encode(esp3::packet_type::EVENT, &[0x02], &[]);
+        let (record, _watch) = frame_record(event, "esp3");
+        stage.process(record, &mut out);
+        assert_eq!(out[1].kind, Kind::Raw);
+        assert_eq!(out[1].device, None);
+        // A broken frame, or one with bytes after it, is a dead letter.
+        let mut broken = frame.clone();
+        *broken.last_mut().unwrap() ^= 0xff;
+        let mut trailing = frame;
+        trailing.push(0);
+        for bad in [broken, trailing] {
+            let (record, _watch) = frame_record(bad, "esp3");
+            stage.process(record, &mut out);
+            assert_eq!(out.last().unwrap().kind, Kind::DeadLetter);
         }
     }
 }
