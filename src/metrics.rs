@@ -1,6 +1,6 @@
 //! Counters for notable events. Every notable event is one place in the code that logs it and counts it
 //! here under a stable name with labels (`component_errors_total{component="lake",error="write"}`).
-//! Issue "Operating it" exposes them over HTTP; for now they are read by tests and the CLI.
+//! The HTTP API (`[api]`) serves them at `/metrics`; tests and the CLI read them too.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,19 +40,65 @@ pub fn counter(name: &str, labels: &[(&str, &str)]) -> Counter {
     Counter(map.entry(key).or_default().clone())
 }
 
-/// Every counter in Prometheus text form, sorted by name.
+/// Every counter in the Prometheus text exposition format (0.0.4), sorted by name: one
+/// `# TYPE name counter` line per family, then its samples, label values escaped.
 pub fn render() -> String {
     let map = COUNTERS.lock().unwrap_or_else(|p| p.into_inner());
     let mut out = String::new();
+    let mut family: Option<&str> = None;
     for ((name, labels), value) in map.iter() {
+        if family != Some(name.as_str()) {
+            out.push_str(&format!("# TYPE {name} counter\n"));
+            family = Some(name);
+        }
         out.push_str(name);
         if !labels.is_empty() {
             out.push('{');
-            let parts: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-            out.push_str(&parts.join(","));
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(k);
+                out.push_str("=\"");
+                escape_label_value(v, &mut out);
+                out.push('"');
+            }
             out.push('}');
         }
         out.push_str(&format!(" {}\n", value.load(Ordering::Relaxed)));
     }
     out
+}
+
+/// A label value as the text format writes it: backslash, double quote and line feed escaped.
+fn escape_label_value(value: &str, out: &mut String) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_are_typed_once_and_label_values_escaped() {
+        counter("render_test_total", &[("path", "a\"b\\c\nd")]).add(3);
+        counter("render_test_total", &[("path", "plain")]).inc();
+        let text = render();
+        assert_eq!(text.matches("# TYPE render_test_total counter\n").count(), 1, "{text}");
+        assert!(
+            text.contains("render_test_total{path=\"a\\\"b\\\\c\\nd\"} 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("render_test_total{path=\"plain\"} 1\n"), "{text}");
+        let type_line = text.find("# TYPE render_test_total").unwrap();
+        let first_sample = text.find("render_test_total{").unwrap();
+        assert!(type_line < first_sample);
+    }
 }

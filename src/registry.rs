@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::codecs::enocean::secure::{Key, Slf};
@@ -96,6 +96,21 @@ impl Devices {
         self.ids.is_empty()
     }
 
+    /// Removes the device with this id (any case); false if there was none.
+    pub fn remove(&mut self, id: &str) -> bool {
+        let Some(device) = self.ids.remove(&id.to_ascii_lowercase()) else {
+            return false;
+        };
+        if self
+            .eurids
+            .get(&device.eurid)
+            .is_some_and(|d| Arc::ptr_eq(d, &device))
+        {
+            self.eurids.remove(&device.eurid);
+        }
+        true
+    }
+
     /// Adds a device; false if its id is taken.
     pub fn insert(&mut self, device: Device) -> bool {
         let key = device.id.to_ascii_lowercase();
@@ -128,33 +143,35 @@ struct RegistryFile {
     devices: Vec<DeviceEntry>,
 }
 
-#[derive(Deserialize)]
+/// One device as the registry file writes it (and as the HTTP API's store keeps it). No `Debug`: it
+/// holds the key as written.
+#[derive(Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct DeviceEntry {
-    #[serde(default, alias = "sourceEurid", alias = "source_eurid")]
-    eurid: Option<String>,
+pub struct DeviceEntry {
+    #[serde(default, alias = "sourceEurid", alias = "source_eurid", skip_serializing_if = "Option::is_none")]
+    pub eurid: Option<String>,
     /// An Efento sensor's serial number (12 hex digits).
-    #[serde(default)]
-    serial: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
     /// Any other device, by the id its records carry.
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default)]
-    eep: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eep: Option<String>,
     #[serde(default, alias = "friendlyID", alias = "friendlyId")]
-    friendly_id: String,
+    pub friendly_id: String,
     #[serde(default)]
-    location: String,
+    pub location: String,
     #[serde(default, alias = "customTag")]
-    custom_tag: String,
-    #[serde(default, alias = "aes_key")]
-    key: Option<String>,
+    pub custom_tag: String,
+    #[serde(default, alias = "aes_key", skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slf: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rlc: Option<String>,
     #[serde(default)]
-    slf: Option<String>,
-    #[serde(default)]
-    rlc: Option<String>,
-    #[serde(default)]
-    fields: Map<String, Value>,
+    pub fields: Map<String, Value>,
 }
 
 /// Why a registry file could not be used.
@@ -231,61 +248,87 @@ pub(crate) fn hex_u32(text: &str) -> Option<u32> {
     u32::from_str_radix(t, 16).ok()
 }
 
+/// The entries of a registry file, as written (not checked; see [`DeviceEntry::to_device`]).
+pub fn parse_entries(path: &str, text: &str) -> Result<Vec<DeviceEntry>, RegistryError> {
+    let file: RegistryFile = toml::from_str(text).map_err(|e| RegistryError::Invalid {
+        path: path.to_string(),
+        message: e.to_string(),
+    })?;
+    Ok(file.devices)
+}
+
 /// Parses a registry file's text. `path` is only used in messages.
 pub fn parse(path: &str, text: &str) -> Result<(Devices, Vec<Warning>), RegistryError> {
     let invalid = |message: String| RegistryError::Invalid {
         path: path.to_string(),
         message,
     };
-    let file: RegistryFile = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
     let mut devices = Devices::default();
     let mut warnings = Vec::new();
-    for (index, entry) in file.devices.into_iter().enumerate() {
+    for (index, entry) in parse_entries(path, text)?.into_iter().enumerate() {
+        let (device, warning) = entry.to_device(&format!("devices[{index}]")).map_err(invalid)?;
+        if let Some(Warning(w)) = warning {
+            warnings.push(Warning(format!("{path}: {w}")));
+        }
+        let shown = device.id.clone();
+        if !devices.insert(device) {
+            return Err(invalid(format!(
+                "devices[{index}] ({shown}): device {shown} is listed twice; keep one entry per device"
+            )));
+        }
+    }
+    Ok((devices, warnings))
+}
+
+impl DeviceEntry {
+    /// The device this entry describes, checked as the registry file is; `at` (`devices[3]`) starts
+    /// every message. The key is never repeated in a message.
+    pub fn to_device(&self, at: &str) -> Result<(Device, Option<Warning>), String> {
+        let entry = self;
         let (at, eurid, id) = match (&entry.eurid, &entry.serial, &entry.id) {
             (Some(text), None, None) => {
-                let at = format!("devices[{index}] (eurid \"{text}\")");
+                let at = format!("{at} (eurid \"{text}\")");
                 let eurid = parse_id(text).ok_or_else(|| {
-                    invalid(format!(
-                        "{at}: eurid must be 8 hex digits such as \"04138bb4\""
-                    ))
+                    format!("{at}: eurid must be 8 hex digits such as \"04138bb4\"")
                 })?;
                 (at, eurid, id_hex(eurid))
             }
             (None, Some(text), None) => {
-                let at = format!("devices[{index}] (serial \"{text}\")");
+                let at = format!("{at} (serial \"{text}\")");
                 let digits: String = text.chars().filter(|c| *c != ':' && *c != '-').collect();
                 if digits.len() != 12 || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
-                    return Err(invalid(format!(
+                    return Err(format!(
                         "{at}: serial must be 12 hex digits such as \"282C024156AF\""
-                    )));
+                    ));
                 }
                 (at, 0, digits.to_ascii_uppercase())
             }
             (None, None, Some(text)) if !text.is_empty() => {
-                (format!("devices[{index}] (id \"{text}\")"), 0, text.clone())
+                (format!("{at} (id \"{text}\")"), 0, text.clone())
             }
             _ => {
-                return Err(invalid(format!(
-                    "devices[{index}]: give exactly one of eurid (EnOcean, \"04138bb4\"), serial (Efento, \"282C024156AF\") or id (any other device)"
-                )));
+                return Err(format!(
+                    "{at}: give exactly one of eurid (EnOcean, \"04138bb4\"), serial (Efento, \"282C024156AF\") or id (any other device)"
+                ));
             }
         };
         if eurid == 0 && (entry.eep.is_some() || entry.key.is_some()) {
-            return Err(invalid(format!(
+            return Err(format!(
                 "{at}: eep and key apply to EnOcean devices only (listed by eurid)"
-            )));
+            ));
         }
+        let mut warning = None;
         let eep = match &entry.eep {
             None => None,
             Some(text) => {
                 let normalized = normalize_eep(text).ok_or_else(|| {
-                    invalid(format!(
+                    format!(
                         "{at}: eep \"{text}\" is not an EEP; write it as RORG-FUNC-TYPE, e.g. \"a5-02-05\""
-                    ))
+                    )
                 })?;
                 if eep::lookup(&normalized).is_none() {
-                    warnings.push(Warning(format!(
-                        "{path}: {at}: no built-in decoder for EEP {normalized}; unless a decoder plugin declares it, its telegrams will give EEP_NOT_FOUND_ERROR events (see `sensorgate decode esp3 --list-eeps` and `sensorgate plugins list`)"
+                    warning = Some(Warning(format!(
+                        "{at}: no built-in decoder for EEP {normalized}; unless a decoder plugin declares it, its telegrams will give EEP_NOT_FOUND_ERROR events (see `sensorgate decode esp3 --list-eeps` and `sensorgate plugins list`)"
                     )));
                 }
                 Some(normalized)
@@ -294,30 +337,25 @@ pub fn parse(path: &str, text: &str) -> Result<(Devices, Vec<Warning>), Registry
         let security = match (&entry.key, &entry.slf, &entry.rlc) {
             (None, None, None) => None,
             (None, _, _) => {
-                return Err(invalid(format!(
+                return Err(format!(
                     "{at}: slf or rlc without key; a secure device needs key = \"<32 hex digits>\""
-                )));
+                ));
             }
             (Some(key), slf, rlc) => {
-                // The key itself is never repeated in a message.
                 let key = Key::from_hex(key)
-                    .map_err(|_| invalid(format!("{at}: key must be 32 hex digits (AES-128)")))?;
+                    .map_err(|_| format!("{at}: key must be 32 hex digits (AES-128)"))?;
                 let slf = match slf {
                     None => Slf(DEFAULT_SLF),
                     Some(text) => Slf(hex_u32(text)
                         .and_then(|v| u8::try_from(v).ok())
                         .ok_or_else(|| {
-                            invalid(format!(
-                                "{at}: slf \"{text}\" must be one byte in hex, e.g. \"0x8b\""
-                            ))
+                            format!("{at}: slf \"{text}\" must be one byte in hex, e.g. \"0x8b\"")
                         })?),
                 };
                 let rlc = match rlc {
                     None => 0,
                     Some(text) => hex_u32(text).ok_or_else(|| {
-                        invalid(format!(
-                            "{at}: rlc \"{text}\" must be hex (up to 8 digits), e.g. \"000000\""
-                        ))
+                        format!("{at}: rlc \"{text}\" must be hex (up to 8 digits), e.g. \"000000\"")
                     })?,
                 };
                 Some(Security { key, slf, rlc })
@@ -327,25 +365,53 @@ pub fn parse(path: &str, text: &str) -> Result<(Devices, Vec<Warning>), Registry
             eurid,
             id,
             eep,
-            friendly_id: entry.friendly_id,
-            location: entry.location,
-            custom_tag: entry.custom_tag,
+            friendly_id: entry.friendly_id.clone(),
+            location: entry.location.clone(),
+            custom_tag: entry.custom_tag.clone(),
             security,
-            fields: entry.fields,
+            fields: entry.fields.clone(),
         };
-        let shown = device.id.clone();
-        if !devices.insert(device) {
-            return Err(invalid(format!(
-                "{at}: device {shown} is listed twice; keep one entry per device"
-            )));
-        }
+        Ok((device, warning))
     }
-    Ok((devices, warnings))
 }
 
 /// The security level format assumed when a secure device's entry names none: 24-bit implicit rolling
 /// code, 3-byte CMAC, VAES (PTM 21x and most secure sensors).
 pub const DEFAULT_SLF: u8 = 0x8B;
+
+/// What a stage writes as `registry = "api"` to read the HTTP API's device store (the `[api]`
+/// section) instead of a file.
+pub const API_REGISTRY: &str = "api";
+
+/// Whether a stage's `registry` names the HTTP API's store rather than a file.
+pub fn is_api(path: &Path) -> bool {
+    path == Path::new(API_REGISTRY)
+}
+
+/// The registry a stage of `flow` reads: the API's store for `registry = "api"` (`api`, when the
+/// pipeline has an `[api]` section), else the file, watched for changes. A file that does not load
+/// is reported and the stage starts with no devices until the file is fixed (`validate` reports it
+/// before a run).
+pub fn open_for_stage(flow: &str, path: &Path, api: Option<&Arc<Registry>>) -> Arc<Registry> {
+    if is_api(path) {
+        return match api {
+            Some(registry) => registry.clone(),
+            None => {
+                tracing::error!(flow, "registry = \"api\" but the pipeline has no [api] section; every device counts as unknown");
+                Registry::empty()
+            }
+        };
+    }
+    let registry = match Registry::open(path) {
+        Ok(registry) => registry,
+        Err(e) => {
+            tracing::error!(flow, error = %e, "device registry not loaded; every device counts as unknown until it is fixed");
+            Registry::open_lazy(path)
+        }
+    };
+    registry.watch(Duration::from_secs(1));
+    registry
+}
 
 /// A registry loaded from a file, shared by the stages that read it. Readers keep a snapshot
 /// ([`Registry::snapshot`]) and refresh it when [`Registry::generation`] changes.
@@ -441,6 +507,13 @@ impl Registry {
         *self.stamp.write().unwrap_or_else(|p| p.into_inner()) = stamp;
         self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(count)
+    }
+
+    /// Puts `devices` in place of the current ones at once; readers see them at their next record.
+    /// The HTTP API's store does this after every change.
+    pub fn replace(&self, devices: Devices) {
+        *self.devices.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(devices);
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Reloads if the file's modification time or length changed since the last load.

@@ -36,6 +36,7 @@ pub struct Pipeline {
     flows: Vec<Task>,
     sinks: Vec<Task>,
     addresses: BTreeMap<String, SocketAddr>,
+    api_addr: Option<SocketAddr>,
     downlinks: Downlinks,
 }
 
@@ -45,6 +46,24 @@ impl Pipeline {
     pub async fn start(config: PipelineConfig) -> anyhow::Result<Pipeline> {
         let shutdown = CancellationToken::new();
         let downlinks = Downlinks::new();
+        // Whatever started stops again if a later component fails to start.
+        let started = shutdown.clone().drop_guard();
+
+        // The API first: its store is the registry of stages that say registry = "api", and
+        // /health answers while the rest starts (/ready only once it runs).
+        let mut api_task = None;
+        let mut api_addr = None;
+        let mut api_ready = None;
+        let mut api_registry = None;
+        if let Some(c) = &config.api {
+            let api = crate::api::Api::open(c, shutdown.clone())
+                .await
+                .context("[api]")?;
+            api_addr = Some(api.local_addr()?);
+            api_ready = Some(api.readiness());
+            api_registry = Some(api.registry());
+            api_task = Some(("api".to_string(), spawn_component("api", &shutdown, api.serve())));
+        }
 
         let mut sink_senders: BTreeMap<String, mpsc::Sender<Record>> = BTreeMap::new();
         let mut sinks = Vec::new();
@@ -100,7 +119,12 @@ impl Pipeline {
                     .or_default()
                     .push(tx.clone());
             }
-            let runner = FlowRunner::new(flow, &sink_senders, plugins.as_ref())?;
+            let runner = FlowRunner::new(
+                flow,
+                &sink_senders,
+                plugins.as_ref(),
+                api_registry.as_ref(),
+            )?;
             flows.push((
                 format!("flow `{}`", flow.name),
                 spawn_component(&flow.name, &shutdown, runner.run(rx)),
@@ -150,14 +174,25 @@ impl Pipeline {
             ));
         }
 
+        sources.extend(api_task);
+        if let Some(ready) = api_ready {
+            ready.store(true, std::sync::atomic::Ordering::Release);
+        }
+        started.disarm();
         Ok(Pipeline {
             shutdown,
             sources,
             flows,
             sinks,
             addresses,
+            api_addr,
             downlinks,
         })
+    }
+
+    /// The bound address of the HTTP API, if the pipeline has an `[api]` section.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api_addr
     }
 
     /// The bound address of a source (useful with port 0).
@@ -260,6 +295,7 @@ impl FlowRunner {
         flow: &FlowConfig,
         sinks: &BTreeMap<String, mpsc::Sender<Record>>,
         plugins: Option<&Arc<wasm::Host>>,
+        api_registry: Option<&Arc<crate::registry::Registry>>,
     ) -> anyhow::Result<Self> {
         let to = flow
             .to
@@ -295,7 +331,7 @@ impl FlowRunner {
             dead_lettered: metrics::counter("dead_lettered_records_total", &[("flow", &flow.name)]),
         };
         Ok(FlowRunner {
-            stages: stages::build(&flow.name, &flow.stages, plugins)?,
+            stages: stages::build_with_registry(&flow.name, &flow.stages, plugins, api_registry)?,
             router,
             scratch: Vec::new(),
         })

@@ -20,6 +20,7 @@ use toml::de::{DeTable, DeValue};
 
 pub use duration::HumanDuration;
 
+use crate::api::config::ApiConfig;
 use crate::codecs::wasm::PluginsConfig;
 use crate::sinks::jsonl::JsonLinesConfig;
 use crate::sinks::kafka::KafkaSinkConfig;
@@ -46,6 +47,8 @@ pub struct PipelineConfig {
     pub flows: Vec<FlowConfig>,
     /// `[plugins]`: the decoder plugin directory and its limits.
     pub plugins: Option<PluginsConfig>,
+    /// `[api]`: the HTTP API and its device store.
+    pub api: Option<ApiConfig>,
 }
 
 /// A source: where frames come from.
@@ -144,7 +147,7 @@ impl SinkKind {
 const SOURCE_TYPES: &[&str] = &["coap", "esp3_websocket", "mqtt", "kafka"];
 const SINK_TYPES: &[&str] = &["parquet", "json_lines", "mqtt", "thingworx", "kafka"];
 const STAGE_TYPES: &[&str] = &["decode", "dedupe", "enrich", "validate"];
-const TOP_KEYS: &[&str] = &["sources", "sinks", "flows", "plugins"];
+const TOP_KEYS: &[&str] = &["sources", "sinks", "flows", "plugins", "api"];
 const FLOW_KEYS: &[&str] = &["name", "from", "stages", "to", "dead_letter", "queue"];
 
 /// The tables of an array of tables (`array`, each an `item`); anything else goes to `report` as
@@ -295,6 +298,7 @@ pub fn load_str(
         env,
         diagnostics: Vec::new(),
         has_plugins: false,
+        has_api: false,
     };
     let config = loader.load();
     let mut diagnostics = loader.diagnostics;
@@ -317,6 +321,8 @@ struct Loader<'a> {
     diagnostics: Vec<Diagnostic>,
     /// Whether the file has a `[plugins]` section (decode stages with codec "plugin" need one).
     has_plugins: bool,
+    /// Whether the file has an `[api]` section (stages with `registry = "api"` need one).
+    has_api: bool,
 }
 
 /// `[section.NAME]` tables: the name, where it is written, and the table with its span.
@@ -390,6 +396,7 @@ impl<'a> Loader<'a> {
         let root_span = root.span();
         let mut root = root.into_inner();
         root.make_owned();
+        let root_has_api = root.contains_key("api");
 
         for (key, _) in root.iter() {
             if !TOP_KEYS.contains(&key.get_ref().as_ref()) {
@@ -425,6 +432,8 @@ impl<'a> Loader<'a> {
 
         let plugins = self.plugins(&mut root);
         self.has_plugins = plugins.is_some();
+        let api = self.api(&mut root);
+        self.has_api = root_has_api;
 
         let mut flows = Vec::new();
         let mut used_sources = BTreeSet::new();
@@ -492,7 +501,51 @@ impl<'a> Loader<'a> {
             sinks,
             flows,
             plugins,
+            api,
         })
+    }
+
+    /// `[api]`: the table, checked (the address parses, the credentials' variables are set, the
+    /// seed file loads).
+    fn api(&mut self, root: &mut DeTable<'a>) -> Option<ApiConfig> {
+        let value = root.remove("api")?;
+        let span = value.span();
+        let table = match value.into_inner() {
+            DeValue::Table(t) => t,
+            other => {
+                self.error(
+                    span,
+                    format!("`api` must be a table, found {}", other.type_str()),
+                    Some("write it as [api] with listen = \"127.0.0.1:8080\"".into()),
+                );
+                return None;
+            }
+        };
+        let spans: Vec<(String, Range<usize>)> = table
+            .iter()
+            .map(|(k, v)| (k.get_ref().to_string(), v.span()))
+            .collect();
+        let config: ApiConfig = self.deserialize("[api]", Spanned::new(span.clone(), table))?;
+        for (key, message, hint) in config.problems(self.env) {
+            let at = spans
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, s)| s.clone())
+                .unwrap_or_else(|| span.clone());
+            self.error(at, format!("[api]: {message}"), Some(hint));
+        }
+        Some(config)
+    }
+
+    /// A stage's `registry = "api"` needs the `[api]` section.
+    fn check_api_registry(&mut self, what: &str, span: Range<usize>, registry: Option<&Path>) {
+        if !self.has_api && registry.is_some_and(crate::registry::is_api) {
+            self.error(
+                span,
+                format!("{what}: registry = \"api\" but the file has no [api] section"),
+                Some("add [api] with listen, token_env and store, or name a registry file such as \"devices.toml\"".into()),
+            );
+        }
     }
 
     /// `[plugins]`: the table, checked (the directory exists, limits in range).
@@ -919,6 +972,11 @@ impl<'a> Loader<'a> {
                 for problem in config.problems() {
                     self.error(span.clone(), format!("{what} `decode`: {problem}"), None);
                 }
+                self.check_api_registry(
+                    &format!("{what} `decode`"),
+                    span.clone(),
+                    config.registry.as_deref(),
+                );
                 Some(StageConfig::Decode(config))
             }
             "dedupe" => {
@@ -933,6 +991,11 @@ impl<'a> Loader<'a> {
                 for problem in config.problems() {
                     self.error(span.clone(), format!("{what} `enrich`: {problem}"), None);
                 }
+                self.check_api_registry(
+                    &format!("{what} `enrich`"),
+                    span.clone(),
+                    config.registry.as_deref(),
+                );
                 Some(StageConfig::Enrich(config))
             }
             "validate" => {

@@ -15,7 +15,7 @@ use crate::codecs::{efento, json};
 use crate::config::HumanDuration;
 use crate::metrics::{self, Counter};
 use crate::record::{Kind, Record};
-use crate::registry::Registry;
+use crate::registry::{self, Registry};
 
 /// `{ type = "decode", codec = "efento" }`,
 /// `{ type = "decode", codec = "esp3", registry = "devices.toml", stats_interval = "10m" }` or
@@ -133,6 +133,7 @@ impl DecodeConfig {
                 None => out.push(
                     "codec \"esp3\" needs registry = \"devices.toml\": without one every telegram is from an unknown device".into(),
                 ),
+                Some(path) if registry::is_api(path) => {}
                 Some(path) => {
                     if let Err(e) = Registry::open(path) {
                         out.push(format!("registry: {e}"));
@@ -231,6 +232,17 @@ impl DecodeStage {
         config: &DecodeConfig,
         plugins: Option<&Arc<wasm::Host>>,
     ) -> Self {
+        Self::with_registry(flow, config, plugins, None)
+    }
+
+    /// [`DecodeStage::with_plugins`] in a pipeline with an `[api]` section: `api_registry` is its
+    /// device store, read by the esp3 codec when the stage says `registry = "api"`.
+    pub fn with_registry(
+        flow: &str,
+        config: &DecodeConfig,
+        plugins: Option<&Arc<wasm::Host>>,
+        api_registry: Option<&Arc<Registry>>,
+    ) -> Self {
         let codec = match config.codec {
             Codec::Efento => "efento",
             Codec::Esp3 => "esp3",
@@ -239,18 +251,9 @@ impl DecodeStage {
         };
         let enocean = (config.codec == Codec::Esp3 && config.output == Output::Documents).then(|| {
             let registry = match &config.registry {
-                Some(path) => match Registry::open(path) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        // `validate` reports this before a run; here the flow still runs, every
-                        // sender unknown, until the file is fixed and reloaded.
-                        tracing::error!(flow, error = %e, "device registry not loaded; every telegram counts as from an unknown device until it is fixed");
-                        Registry::open_lazy(path)
-                    }
-                },
+                Some(path) => registry::open_for_stage(flow, path, api_registry),
                 None => Registry::empty(),
             };
-            registry.watch(Duration::from_secs(1));
             let options = EngineOptions {
                 chain_timeout: config.chain_timeout.get(),
                 rlc_window: config.rlc_window,

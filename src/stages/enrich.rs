@@ -13,7 +13,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -21,7 +20,7 @@ use serde_json::{Map, Value};
 use super::Stage;
 use crate::metrics::{self, Counter};
 use crate::record::{Kind, Record};
-use crate::registry::{Device, Devices, Registry};
+use crate::registry::{self, Device, Devices, Registry};
 
 /// `{ type = "enrich", registry = "devices.toml" }`
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -62,6 +61,7 @@ impl EnrichConfig {
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
         match &self.registry {
+            Some(path) if registry::is_api(path) => {}
             Some(path) => {
                 if let Err(e) = Registry::open(path) {
                     out.push(format!("registry: {e}"));
@@ -101,20 +101,20 @@ pub struct EnrichStage {
 
 impl EnrichStage {
     pub fn new(flow: &str, config: &EnrichConfig) -> Self {
-        let registry = config.registry.as_ref().map(|path| match Registry::open(path) {
-            Ok(r) => {
-                r.watch(Duration::from_secs(1));
-                r
-            }
-            Err(e) => {
-                // `validate` reports this before a run; the flow still runs, every device unknown,
-                // until the file is fixed.
-                tracing::error!(flow, error = %e, "enrich: device registry not loaded; every device counts as unknown until it is fixed");
-                let empty = Registry::open_lazy(path);
-                empty.watch(Duration::from_secs(1));
-                empty
-            }
-        });
+        Self::with_registry(flow, config, None)
+    }
+
+    /// [`EnrichStage::new`] in a pipeline with an `[api]` section: `api_registry` is its device
+    /// store, read when the stage says `registry = "api"`.
+    pub fn with_registry(
+        flow: &str,
+        config: &EnrichConfig,
+        api_registry: Option<&Arc<Registry>>,
+    ) -> Self {
+        let registry = config
+            .registry
+            .as_ref()
+            .map(|path| registry::open_for_stage(flow, path, api_registry));
         let counter = |name: &str| metrics::counter(name, &[("flow", flow)]);
         EnrichStage {
             flow: flow.into(),
@@ -183,7 +183,8 @@ impl Stage for EnrichStage {
                     .as_ref()
                     .and_then(|r| r.path())
                     .map(|p| p.display().to_string())
-                    .unwrap_or_default();
+                    // No file: the HTTP API's store (registry = "api").
+                    .unwrap_or_else(|| "of the HTTP API (PUT /api/v1/devices/ID)".into());
                 let reason = format!(
                     "device {id} is not in the registry {path}; onboard it there (or set unknown = \"pass\")"
                 );

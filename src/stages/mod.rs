@@ -52,19 +52,37 @@ pub fn build(
     stages: &[StageConfig],
     plugins: Option<&std::sync::Arc<crate::codecs::wasm::Host>>,
 ) -> anyhow::Result<Vec<Box<dyn Stage>>> {
+    build_with_registry(flow, stages, plugins, None)
+}
+
+/// [`build`] in a pipeline with an `[api]` section: `api_registry` is the API's device store, which
+/// decode and enrich stages read when they say `registry = "api"`.
+pub fn build_with_registry(
+    flow: &str,
+    stages: &[StageConfig],
+    plugins: Option<&std::sync::Arc<crate::codecs::wasm::Host>>,
+    api_registry: Option<&std::sync::Arc<crate::registry::Registry>>,
+) -> anyhow::Result<Vec<Box<dyn Stage>>> {
     stages
         .iter()
         .enumerate()
         .map(|(index, s)| {
             Ok(match s {
                 StageConfig::Decode(c) => {
-                    Box::new(decode::DecodeStage::with_plugins(flow, c, plugins)) as Box<dyn Stage>
+                    Box::new(decode::DecodeStage::with_registry(
+                    flow,
+                    c,
+                    plugins,
+                    api_registry,
+                )) as Box<dyn Stage>
                 }
                 StageConfig::DecodePlugin(c) => {
                     Box::new(decode::DecodeStage::vendor(flow, c, plugins))
                 }
                 StageConfig::Dedupe(c) => Box::new(dedupe::DedupeStage::new(flow, c)),
-                StageConfig::Enrich(c) => Box::new(enrich::EnrichStage::new(flow, c)),
+                StageConfig::Enrich(c) => {
+                    Box::new(enrich::EnrichStage::with_registry(flow, c, api_registry))
+                }
                 StageConfig::Validate(c) => Box::new(
                     validate::ValidateStage::new(flow, c)
                         .map_err(|e| anyhow::anyhow!("flow `{flow}`, stage {}: {e}", index + 1))?,

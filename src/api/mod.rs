@@ -1,0 +1,425 @@
+//! The HTTP API (`[api]` in pipeline.toml): device onboarding into a persistent store that the
+//! running pipeline's decode and enrich stages read (`registry = "api"`), health, readiness,
+//! Prometheus metrics and an OpenAPI document with a page that renders it.
+//!
+//! Routes under `/api/v1` need the bearer token or basic credentials from the environment;
+//! `/health`, `/ready`, `/metrics`, `/openapi.json` and `/docs` hold no device data and need none.
+
+pub mod auth;
+pub mod config;
+pub mod openapi;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{MethodRouter, delete, get, post, put};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics;
+use crate::registry::Registry;
+use auth::Credentials;
+use config::ApiConfig;
+use store::{DeviceBody, RestoreMode, Store, StoreError};
+
+/// The largest request body: a restore of 100k devices fits.
+const MAX_BODY: usize = 64 << 20;
+
+#[derive(Clone)]
+struct AppState {
+    store: Arc<Store>,
+    credentials: Arc<Credentials>,
+    ready: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+}
+
+/// The API, bound and with its store open, not serving yet.
+pub struct Api {
+    state: AppState,
+    listener: tokio::net::TcpListener,
+}
+
+impl Api {
+    /// Reads the credentials, opens the store, imports the seed and binds the address. Stops
+    /// serving when `shutdown` is cancelled.
+    pub async fn open(config: &ApiConfig, shutdown: CancellationToken) -> anyhow::Result<Api> {
+        let credentials =
+            Credentials::from_env(config.token_env.as_deref(), config.basic_env.as_deref())?;
+        let path = config.store.clone();
+        let seed = config.seed.clone();
+        let store = tokio::task::spawn_blocking(move || -> anyhow::Result<Store> {
+            let store = Store::open(&path)?;
+            if let Some(seed) = seed {
+                let entries = config::read_seed(&seed)?;
+                let added = store
+                    .seed(entries)
+                    .with_context(|| format!("seed {}", seed.display()))?;
+                tracing::info!(seed = %seed.display(), added, "device store seeded");
+            }
+            tracing::info!(store = %path.display(), devices = store.len(), "device store open");
+            Ok(store)
+        })
+        .await
+        .context("opening the device store")??;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (in use? pick another listen address)",
+                    config.listen
+                )
+            })?;
+        Ok(Api {
+            state: AppState {
+                store: Arc::new(store),
+                credentials: Arc::new(credentials),
+                ready: Arc::new(AtomicBool::new(false)),
+                shutdown,
+            },
+            listener,
+        })
+    }
+
+    /// The device registry the stages read with `registry = "api"`.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.state.store.registry().clone()
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Set once the pipeline runs: `/ready` answers 200 from then on (until shutdown).
+    pub fn readiness(&self) -> Arc<AtomicBool> {
+        self.state.ready.clone()
+    }
+
+    /// Serves until shutdown.
+    pub async fn serve(self) -> anyhow::Result<()> {
+        let shutdown = self.state.shutdown.clone();
+        tracing::info!(listen = %self.listener.local_addr()?, "HTTP API listening");
+        axum::serve(self.listener, router(self.state))
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+            .context("HTTP API")
+    }
+}
+
+/// Every route: (path, method, handler). The router is built from this and the OpenAPI document
+/// is checked against it.
+fn routes() -> Vec<(&'static str, Method, MethodRouter<AppState>)> {
+    vec![
+        ("/health", Method::GET, get(health)),
+        ("/ready", Method::GET, get(ready)),
+        ("/metrics", Method::GET, get(metrics_text)),
+        ("/openapi.json", Method::GET, get(openapi_json)),
+        ("/docs", Method::GET, get(docs)),
+        ("/api/v1/devices", Method::GET, get(list_devices)),
+        ("/api/v1/devices/backup", Method::GET, get(backup_devices)),
+        ("/api/v1/devices/restore", Method::POST, post(restore_devices)),
+        ("/api/v1/devices/{id}", Method::GET, get(get_device)),
+        ("/api/v1/devices/{id}", Method::PUT, put(put_device)),
+        ("/api/v1/devices/{id}", Method::DELETE, delete(delete_device)),
+    ]
+}
+
+fn router(state: AppState) -> Router {
+    let mut public = Router::new();
+    let mut devices = Router::new();
+    for (path, _, handler) in routes() {
+        if path.starts_with("/api/") {
+            devices = devices.route(path, handler);
+        } else {
+            public = public.route(path, handler);
+        }
+    }
+    let devices = devices
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_auth))
+        .layer(DefaultBodyLimit::max(MAX_BODY));
+    public
+        .merge(devices)
+        .fallback(unknown_route)
+        .with_state(state)
+}
+
+/// An error answer: `{ "error": "..." }` with its status.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn bad_request(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+
+    fn not_found(id: &str) -> Self {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: format!("no device {id}; onboard it with PUT /api/v1/devices/{id}"),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Invalid(message) => ApiError::bad_request(message),
+            StoreError::Failed(e) => {
+                metrics::counter(
+                    "component_errors_total",
+                    &[("component", "api"), ("error", "store")],
+                )
+                .inc();
+                tracing::error!(error = %format!("{e:#}"), "device store write failed");
+                ApiError {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    message: format!("device store: {e:#}"),
+                }
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+async fn require_auth(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    if state.credentials.allows(authorization) {
+        return next.run(request).await;
+    }
+    metrics::counter("api_unauthorized_total", &[]).inc();
+    tracing::debug!(path = %request.uri().path(), "API request refused: missing or wrong credentials");
+    let mut response = ApiError {
+        status: StatusCode::UNAUTHORIZED,
+        message: "missing or wrong credentials: send Authorization: Bearer TOKEN (or Basic)"
+            .into(),
+    }
+    .into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"sensorgate\""),
+    );
+    response
+}
+
+async fn unknown_route(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        message: format!("no route {method} {}; see /openapi.json", uri.path()),
+    }
+}
+
+async fn health() -> &'static str {
+    "ok\n"
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    let ready = state.ready.load(Ordering::Acquire) && !state.shutdown.is_cancelled();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(json!({ "ready": ready }))).into_response()
+}
+
+async fn metrics_text() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        metrics::render(),
+    )
+        .into_response()
+}
+
+async fn openapi_json() -> axum::Json<serde_json::Value> {
+    axum::Json(openapi::document())
+}
+
+async fn docs() -> Html<&'static str> {
+    Html(include_str!("docs.html"))
+}
+
+async fn list_devices(State(state): State<AppState>) -> Response {
+    axum::Json(state.store.list()).into_response()
+}
+
+async fn backup_devices(State(state): State<AppState>) -> Response {
+    let mut response = axum::Json(state.store.list()).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_static("attachment; filename=\"devices.json\""),
+    );
+    response
+}
+
+async fn get_device(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let device = state.store.get(&id).ok_or_else(|| ApiError::not_found(&id))?;
+    Ok(axum::Json(device).into_response())
+}
+
+/// The body as `T`, or a 400 that says where it went wrong (`[3].eep: ...`).
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "the body is empty; send the device as JSON",
+        ));
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            ApiError::bad_request(format!("body: {inner}"))
+        } else {
+            ApiError::bad_request(format!("body {path}: {inner}"))
+        }
+    })?;
+    deserializer
+        .end()
+        .map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
+    Ok(value)
+}
+
+/// Runs a store write off the runtime's workers (it waits for the file to sync).
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: format!("device store: {e}"),
+        })?
+        .map_err(ApiError::from)
+}
+
+async fn put_device(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body: DeviceBody = parse_body(&body)?;
+    if id.trim().is_empty() {
+        return Err(ApiError::bad_request("the device id is empty"));
+    }
+    let store = state.store.clone();
+    let (created, view) = blocking(move || store.put(&id, body)).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(view)).into_response())
+}
+
+async fn delete_device(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let store = state.store.clone();
+    let shown = id.clone();
+    if blocking(move || store.delete(&id)).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(&shown))
+    }
+}
+
+/// `mode=merge` (the default) or `mode=replace`.
+fn restore_mode(query: Option<&str>) -> Result<RestoreMode, ApiError> {
+    let mut mode = RestoreMode::Merge;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("mode", "merge")) => mode = RestoreMode::Merge,
+            Some(("mode", "replace")) => mode = RestoreMode::Replace,
+            Some(("mode", other)) => {
+                return Err(ApiError::bad_request(format!(
+                    "mode={other}: use mode=merge (keep devices the array does not list) or mode=replace"
+                )));
+            }
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter `{pair}`; the only one is mode=merge|replace"
+                )));
+            }
+        }
+    }
+    Ok(mode)
+}
+
+async fn restore_devices(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let mode = restore_mode(query.as_deref())?;
+    let bodies: Vec<DeviceBody> = parse_body(&body)?;
+    let store = state.store.clone();
+    let summary = blocking(move || store.restore(bodies, mode)).await?;
+    tracing::info!(?summary, "devices restored");
+    Ok(axum::Json(summary).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_openapi_document_lists_exactly_the_routes_the_router_serves() {
+        let mut served: Vec<(String, String)> = routes()
+            .into_iter()
+            .map(|(path, method, _)| (path.to_string(), method.to_string()))
+            .collect();
+        served.sort();
+        assert_eq!(openapi::operations(&openapi::document()), served);
+    }
+
+    #[test]
+    fn restore_mode_is_merge_unless_replace_is_asked_for() {
+        assert_eq!(restore_mode(None).unwrap(), RestoreMode::Merge);
+        assert_eq!(
+            restore_mode(Some("mode=replace")).unwrap(),
+            RestoreMode::Replace
+        );
+        let e = restore_mode(Some("mode=wipe")).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(restore_mode(Some("force=1")).is_err());
+    }
+
+    #[test]
+    fn a_bad_body_says_where() {
+        let e = parse_body::<Vec<DeviceBody>>(br#"[{"eurid": "0180a1b2"}, {"eep": 5}]"#)
+            .unwrap_err();
+        assert!(e.message.contains("[1].eep"), "{}", e.message);
+        let e = parse_body::<DeviceBody>(br#"{"friendly": "x"}"#).unwrap_err();
+        assert!(e.message.contains("friendly"), "{}", e.message);
+        assert!(parse_body::<DeviceBody>(b"").is_err());
+    }
+}

@@ -1,0 +1,246 @@
+//! The OpenAPI 3.0 document of the HTTP API, written out by hand: every route the router serves
+//! is here (a test compares the two).
+
+use serde_json::{Value, json};
+
+fn error_response(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
+    })
+}
+
+fn json_response(description: &str, schema: Value) -> Value {
+    json!({ "description": description, "content": { "application/json": { "schema": schema } } })
+}
+
+fn text_response(description: &str, media: &str) -> Value {
+    json!({ "description": description, "content": { media: { "schema": { "type": "string" } } } })
+}
+
+fn device_ref() -> Value {
+    json!({ "$ref": "#/components/schemas/Device" })
+}
+
+fn devices_array() -> Value {
+    json!({ "type": "array", "items": device_ref() })
+}
+
+fn id_parameter() -> Value {
+    json!({
+        "name": "id",
+        "in": "path",
+        "required": true,
+        "description": "EnOcean sender id (8 hex digits), Efento serial (12 hex digits) or a free id; any case",
+        "schema": { "type": "string" }
+    })
+}
+
+/// Operations on the device store need one of these.
+fn secured() -> Value {
+    json!([{ "bearerAuth": [] }, { "basicAuth": [] }])
+}
+
+/// The document served at `/openapi.json`.
+pub fn document() -> Value {
+    let unauthorized = error_response("Missing or wrong credentials");
+    let bad_request = error_response("The request is not valid; the error says why");
+    let not_found = error_response("No device with this id");
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "sensorgate HTTP API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Device onboarding (the registry the pipeline's decode and enrich stages read with registry = \"api\"), health, readiness and metrics."
+        },
+        "paths": {
+            "/health": { "get": {
+                "operationId": "health",
+                "summary": "Liveness: 200 while the process runs",
+                "responses": { "200": text_response("Alive", "text/plain") }
+            }},
+            "/ready": { "get": {
+                "operationId": "ready",
+                "summary": "Readiness: 200 once every source listens and the pipeline runs, 503 before and while stopping",
+                "responses": {
+                    "200": json_response("Ready", json!({ "$ref": "#/components/schemas/Readiness" })),
+                    "503": json_response("Not ready", json!({ "$ref": "#/components/schemas/Readiness" }))
+                }
+            }},
+            "/metrics": { "get": {
+                "operationId": "metrics",
+                "summary": "Every counter in the Prometheus text exposition format (0.0.4)",
+                "responses": { "200": text_response("Counters", "text/plain") }
+            }},
+            "/openapi.json": { "get": {
+                "operationId": "openapi",
+                "summary": "This document",
+                "responses": { "200": json_response("The OpenAPI document", json!({ "type": "object" })) }
+            }},
+            "/docs": { "get": {
+                "operationId": "docs",
+                "summary": "A page that lists the routes and schemas of this document",
+                "responses": { "200": text_response("HTML", "text/html") }
+            }},
+            "/api/v1/devices": { "get": {
+                "operationId": "listDevices",
+                "summary": "Every onboarded device, by id; keys show as security: true",
+                "security": secured(),
+                "responses": {
+                    "200": json_response("The devices", devices_array()),
+                    "401": unauthorized.clone()
+                }
+            }},
+            "/api/v1/devices/backup": { "get": {
+                "operationId": "backupDevices",
+                "summary": "Every device in the form restore takes (keys are never returned: a restored device keeps the key already stored for it)",
+                "security": secured(),
+                "responses": {
+                    "200": json_response("The devices", devices_array()),
+                    "401": unauthorized.clone()
+                }
+            }},
+            "/api/v1/devices/restore": { "post": {
+                "operationId": "restoreDevices",
+                "summary": "Onboards an array of devices in one transaction: all of them or, if one is invalid, none",
+                "security": secured(),
+                "parameters": [{
+                    "name": "mode",
+                    "in": "query",
+                    "required": false,
+                    "description": "merge (default): devices not in the array stay; replace: the store holds exactly the array",
+                    "schema": { "type": "string", "enum": ["merge", "replace"], "default": "merge" }
+                }],
+                "requestBody": {
+                    "required": true,
+                    "content": { "application/json": { "schema": {
+                        "type": "array", "items": { "$ref": "#/components/schemas/DeviceInput" }
+                    } } }
+                },
+                "responses": {
+                    "200": json_response("What changed", json!({ "$ref": "#/components/schemas/RestoreSummary" })),
+                    "400": bad_request.clone(),
+                    "401": unauthorized.clone()
+                }
+            }},
+            "/api/v1/devices/{id}": {
+                "parameters": [id_parameter()],
+                "get": {
+                    "operationId": "getDevice",
+                    "summary": "One device",
+                    "security": secured(),
+                    "responses": {
+                        "200": json_response("The device", device_ref()),
+                        "401": unauthorized.clone(),
+                        "404": not_found.clone()
+                    }
+                },
+                "put": {
+                    "operationId": "putDevice",
+                    "summary": "Onboards or updates a device; its telegrams decode with it from the next one on",
+                    "security": secured(),
+                    "requestBody": {
+                        "required": true,
+                        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/DeviceInput" } } }
+                    },
+                    "responses": {
+                        "200": json_response("Updated", device_ref()),
+                        "201": json_response("Onboarded", device_ref()),
+                        "400": bad_request,
+                        "401": unauthorized.clone()
+                    }
+                },
+                "delete": {
+                    "operationId": "deleteDevice",
+                    "summary": "Removes a device",
+                    "security": secured(),
+                    "responses": {
+                        "204": { "description": "Removed" },
+                        "401": unauthorized,
+                        "404": not_found
+                    }
+                }
+            }
+        },
+        "components": {
+            "securitySchemes": {
+                "bearerAuth": { "type": "http", "scheme": "bearer", "description": "The token in the variable [api] token_env names" },
+                "basicAuth": { "type": "http", "scheme": "basic", "description": "user:password from the variable [api] basic_env names" }
+            },
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": { "error": { "type": "string" } }
+                },
+                "Readiness": {
+                    "type": "object",
+                    "required": ["ready"],
+                    "properties": { "ready": { "type": "boolean" } }
+                },
+                "RestoreSummary": {
+                    "type": "object",
+                    "required": ["mode", "created", "updated", "removed", "total"],
+                    "properties": {
+                        "mode": { "type": "string", "enum": ["merge", "replace"] },
+                        "created": { "type": "integer" },
+                        "updated": { "type": "integer" },
+                        "removed": { "type": "integer" },
+                        "total": { "type": "integer" }
+                    }
+                },
+                "Device": {
+                    "type": "object",
+                    "description": "One of eurid, serial or id is present",
+                    "required": ["friendly_id", "location", "custom_tag", "fields", "security"],
+                    "properties": {
+                        "eurid": { "type": "string", "description": "EnOcean sender id, 8 lowercase hex digits" },
+                        "serial": { "type": "string", "description": "Efento serial, 12 uppercase hex digits" },
+                        "id": { "type": "string", "description": "Any other device, by the id its records carry" },
+                        "eep": { "type": "string", "description": "EnOcean profile, rr-ff-tt" },
+                        "friendly_id": { "type": "string" },
+                        "location": { "type": "string" },
+                        "custom_tag": { "type": "string" },
+                        "fields": { "type": "object", "additionalProperties": true, "description": "User fields, added by the enrich stage" },
+                        "security": { "type": "boolean", "description": "Whether a key is stored (the key itself is never returned)" }
+                    }
+                },
+                "DeviceInput": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "description": "In PUT the id may come from the path alone; key, slf and rlc are write-only",
+                    "properties": {
+                        "eurid": { "type": "string" },
+                        "serial": { "type": "string" },
+                        "id": { "type": "string" },
+                        "eep": { "type": "string", "example": "a5-02-05" },
+                        "friendly_id": { "type": "string" },
+                        "location": { "type": "string" },
+                        "custom_tag": { "type": "string" },
+                        "fields": { "type": "object", "additionalProperties": true },
+                        "key": { "type": "string", "description": "AES-128 key, 32 hex digits (EnOcean secure devices)", "writeOnly": true },
+                        "slf": { "type": "string", "description": "Security level format, one byte in hex", "writeOnly": true },
+                        "rlc": { "type": "string", "description": "Rolling code to expect first, hex", "writeOnly": true },
+                        "security": { "type": "boolean", "description": "false removes a stored key; true or absent keeps it when no key is sent" }
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Every (path, method) the document lists, methods in uppercase.
+pub fn operations(document: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Some(paths) = document["paths"].as_object() {
+        for (path, item) in paths {
+            for method in ["get", "put", "post", "delete", "patch", "head", "options"] {
+                if item.get(method).is_some() {
+                    out.push((path.clone(), method.to_ascii_uppercase()));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}

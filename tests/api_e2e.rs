@@ -1,0 +1,561 @@
+//! The HTTP API of a running `sensorgate run`, over real HTTP: a device onboarded through the API
+//! decodes from its next telegram on (the esp3 decode and enrich stages read `registry = "api"`),
+//! the store survives a restart, the device routes refuse missing or wrong credentials, the OpenAPI
+//! document validates (openapi-spec-validator) and lists every route, and `/metrics` parses as
+//! Prometheus text (prometheus_client) with counters that match what was sent.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use sensorgate::codecs::enocean::esp3;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+const TOKEN: &str = "e2e-token-0123456789abcdef";
+const BASIC: &str = "ops:correct-horse-battery";
+
+/// Vector 06: an A5-02-05 temperature telegram (19.92 °C) from 0180a1b2.
+const TELEGRAM: &str = "a5000080080180a1b200";
+const SENDER: &str = "0180a1b2";
+
+/// A `sensorgate run` with the API; killed when dropped.
+struct Api {
+    child: Child,
+    log: Arc<Mutex<String>>,
+    base: String,
+    gateways: SocketAddr,
+    client: reqwest::Client,
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn pipeline(api_port: u16, ws_port: u16) -> String {
+    format!(
+        r#"
+[api]
+listen = "127.0.0.1:{api_port}"
+token_env = "SENSORGATE_API_TOKEN"
+basic_env = "SENSORGATE_API_BASIC"
+store = "data/registry.redb"
+seed = "devices.toml"
+
+[sources.gateways]
+type = "esp3_websocket"
+listen = "127.0.0.1:{ws_port}"
+
+[sinks.telemetry]
+type = "json_lines"
+path = "telemetry.jsonl"
+fsync = false
+
+[sinks.rejects]
+type = "json_lines"
+path = "rejects.jsonl"
+fsync = false
+
+[[flows]]
+name = "enocean"
+from = ["gateways"]
+stages = [
+  {{ type = "decode", codec = "esp3", registry = "api", stats_interval = "0s" }},
+  {{ type = "enrich", registry = "api", target = "device" }},
+]
+to = ["telemetry"]
+dead_letter = "rejects"
+"#
+    )
+}
+
+impl Api {
+    /// Starts sensorgate in `dir` (a pipeline.toml is written on first start) and waits for /ready.
+    async fn start(dir: &Path) -> Api {
+        let pipeline_path = dir.join("pipeline.toml");
+        if !pipeline_path.exists() {
+            let toml = pipeline(common::free_tcp_port(), common::free_tcp_port());
+            std::fs::write(&pipeline_path, toml).unwrap();
+            // The seed holds another device: the one under test is onboarded through the API.
+            std::fs::write(
+                dir.join("devices.toml"),
+                "[[devices]]\neurid = \"0180a1b3\"\neep = \"a5-04-01\"\nfriendly_id = \"Climate 1\"\n",
+            )
+            .unwrap();
+        }
+        let text = std::fs::read_to_string(&pipeline_path).unwrap();
+        let port = |key: &str, section: &str| -> u16 {
+            let at = text.find(section).unwrap();
+            let line = text[at..].lines().find(|l| l.starts_with(key)).unwrap();
+            line.rsplit(':').next().unwrap().trim_end_matches('"').parse().unwrap()
+        };
+        let api_port = port("listen", "[api]");
+        let ws_port = port("listen", "[sources.gateways]");
+        let (child, log) = common::spawn_run_env(
+            dir,
+            &[("SENSORGATE_API_TOKEN", TOKEN), ("SENSORGATE_API_BASIC", BASIC)],
+        );
+        let api = Api {
+            child,
+            log,
+            base: format!("http://127.0.0.1:{api_port}"),
+            gateways: format!("127.0.0.1:{ws_port}").parse().unwrap(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        };
+        for _ in 0..300 {
+            if let Ok(r) = api.client.get(api.url("/ready")).send().await
+                && r.status() == 200
+            {
+                assert_eq!(r.json::<Value>().await.unwrap()["ready"], true);
+                return api;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the API never became ready; log:\n{}", api.log());
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn authed(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(TOKEN)
+    }
+
+    async fn terminate(mut self) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        for _ in 0..300 {
+            if self.child.try_wait().unwrap().is_some() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no exit after SIGTERM; log:\n{}", self.log());
+    }
+
+    /// Sends `count` ESP3 frames of `telegram` as one gateway over ws (raw ESP3 mode).
+    async fn send_telegrams(&self, telegram: &str, count: usize) {
+        let data = hex::decode(telegram).unwrap();
+        let url = format!("ws://{}/aruba?gateway=gw-e2e", self.gateways);
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("ws connect");
+        for _ in 0..count {
+            let frame = esp3::encode(0x01, &data, &[1, 0xff, 0xff, 0xff, 0xff, 0x45, 0]);
+            ws.send(Message::binary(frame)).await.unwrap();
+        }
+        ws.close(None).await.unwrap();
+    }
+}
+
+fn lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+async fn wait_for(what: &str, api: &Api, mut done: impl FnMut() -> bool) {
+    for _ in 0..300 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}; log:\n{}", api.log());
+}
+
+fn telemetry_of(dir: &Path, sender: &str) -> Vec<Value> {
+    lines(&dir.join("telemetry.jsonl"))
+        .into_iter()
+        .filter(|l| l["telemetry"].is_object() && l["raw"]["sender"] == sender)
+        .collect()
+}
+
+/// The test venv's Python with `modules`, or None (a failure when peers are required).
+fn python_with(modules: &str) -> Option<PathBuf> {
+    let candidate = std::env::var_os("SENSORGATE_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
+    common::python_with(candidate, modules)
+}
+
+fn run_python(python: &Path, script: &str, stdin: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = Command::new(python)
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    common::assert_success(&out);
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_onboarded_over_the_api_decodes_at_once_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Api::start(dir.path()).await;
+
+    // Not onboarded yet: the telegram is an UNKNOWN_DEVICE event, no telemetry.
+    api.send_telegrams(TELEGRAM, 1).await;
+    wait_for("the unknown-device event", &api, || {
+        std::fs::read_to_string(dir.path().join("telemetry.jsonl"))
+            .unwrap_or_default()
+            .contains("UNKNOWN_DEVICE")
+    })
+    .await;
+    assert!(telemetry_of(dir.path(), SENDER).is_empty());
+
+    let put = api
+        .authed(reqwest::Method::PUT, &format!("/api/v1/devices/{}", SENDER.to_uppercase()))
+        .json(&json!({
+            "eep": "A5-02-05",
+            "friendly_id": "Temperature 1",
+            "location": "Room 221",
+            "key": "456E4F6365616E20476D62482E313300",
+            "fields": { "room": "221" }
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
+    let onboarded: Value = put.json().await.unwrap();
+    assert_eq!(onboarded["eurid"], SENDER);
+    assert_eq!(onboarded["eep"], "a5-02-05");
+    assert_eq!(onboarded["security"], true);
+    assert!(onboarded.get("key").is_none(), "{onboarded}");
+
+    // The telegram is a plain one: the key goes again (security: false) before it is sent. Then it
+    // decodes and is enriched right after the PUT, with no reload to wait for.
+    let security_off = api
+        .authed(reqwest::Method::PUT, &format!("/api/v1/devices/{SENDER}"))
+        .json(&json!({
+            "eep": "a5-02-05",
+            "friendly_id": "Temperature 1",
+            "location": "Room 221",
+            "security": false,
+            "fields": { "room": "221" }
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(security_off.status(), 200);
+    api.send_telegrams(TELEGRAM, 1).await;
+    wait_for("telemetry of the onboarded device", &api, || {
+        !telemetry_of(dir.path(), SENDER).is_empty()
+    })
+    .await;
+    let doc = &telemetry_of(dir.path(), SENDER)[0];
+    assert_eq!(doc["telemetry"]["data"][0]["value"], 19.92, "{doc}");
+    assert_eq!(doc["device"]["friendly_id"], "Temperature 1", "{doc}");
+    assert_eq!(doc["device"]["room"], "221", "{doc}");
+
+    // The seed's device is in the store too.
+    let listed: Value = api
+        .authed(reqwest::Method::GET, "/api/v1/devices")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["eurid"].as_str())
+        .collect();
+    assert_eq!(ids, ["0180a1b2", "0180a1b3"]);
+
+    // Restart with the seed gone: the store alone still has both devices, and decodes.
+    api.terminate().await;
+    std::fs::write(dir.path().join("devices.toml"), "").unwrap();
+    std::fs::remove_file(dir.path().join("telemetry.jsonl")).unwrap();
+    let api = Api::start(dir.path()).await;
+    let device: Value = api
+        .authed(reqwest::Method::GET, &format!("/api/v1/devices/{SENDER}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(device["location"], "Room 221");
+    assert_eq!(device["security"], false);
+    api.send_telegrams(TELEGRAM, 1).await;
+    wait_for("telemetry after the restart", &api, || {
+        !telemetry_of(dir.path(), SENDER).is_empty()
+    })
+    .await;
+
+    // Removed: the next telegram is unknown again.
+    let deleted = api
+        .authed(reqwest::Method::DELETE, &format!("/api/v1/devices/{SENDER}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let gone = api
+        .authed(reqwest::Method::GET, &format!("/api/v1/devices/{SENDER}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 404);
+    assert!(gone.json::<Value>().await.unwrap()["error"].as_str().unwrap().contains(SENDER));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_routes_refuse_missing_or_wrong_credentials_and_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Api::start(dir.path()).await;
+    let cases: [(&str, Option<String>); 5] = [
+        ("no header", None),
+        ("wrong token", Some(format!("Bearer {TOKEN}x"))),
+        ("empty token", Some("Bearer ".into())),
+        ("wrong basic", Some(format!("Basic {}", b64("ops:wrong")))),
+        ("token as basic", Some(format!("Basic {}", b64(TOKEN)))),
+    ];
+    for (what, header) in cases {
+        for (method, path) in [
+            (reqwest::Method::GET, "/api/v1/devices"),
+            (reqwest::Method::PUT, "/api/v1/devices/0180a1b2"),
+            (reqwest::Method::GET, "/api/v1/devices/backup"),
+            (reqwest::Method::POST, "/api/v1/devices/restore"),
+        ] {
+            let mut request = api.client.request(method.clone(), api.url(path)).json(&json!({}));
+            if let Some(h) = &header {
+                request = request.header("authorization", h);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 401, "{what}: {method} {path}");
+            let body: Value = response.json().await.unwrap();
+            assert!(body["error"].is_string(), "{what}: {body}");
+        }
+    }
+    let basic = api
+        .client
+        .get(api.url("/api/v1/devices"))
+        .basic_auth("ops", Some("correct-horse-battery"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(basic.status(), 200);
+    for open in ["/health", "/ready", "/metrics", "/openapi.json", "/docs"] {
+        let r = api.client.get(api.url(open)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{open} needs no credentials");
+    }
+
+    let bad = api
+        .authed(reqwest::Method::PUT, "/api/v1/devices/0180a1b2")
+        .json(&json!({ "eep": "a5-02" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let error = bad.json::<Value>().await.unwrap()["error"].as_str().unwrap().to_string();
+    assert!(error.contains("RORG-FUNC-TYPE"), "{error}");
+    let typo = api
+        .authed(reqwest::Method::PUT, "/api/v1/devices/0180a1b2")
+        .header("content-type", "application/json")
+        .body(r#"{"friendly": "x"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(typo.status(), 400);
+    assert!(typo.text().await.unwrap().contains("friendly"));
+    let restore = api
+        .authed(reqwest::Method::POST, "/api/v1/devices/restore?mode=wipe")
+        .json(&json!([]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(restore.status(), 400);
+    let unknown = api
+        .authed(reqwest::Method::GET, "/api/v1/devices/ffffffff")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    assert!(unknown.json::<Value>().await.unwrap()["error"].is_string());
+}
+
+fn b64(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_validates_and_every_route_in_it_answers() {
+    let Some(python) = python_with("openapi_spec_validator") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let api = Api::start(dir.path()).await;
+    let text = api
+        .client
+        .get(api.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let verdict = run_python(
+        &python,
+        "import json, sys\nfrom openapi_spec_validator import validate\nvalidate(json.load(sys.stdin))\nprint('valid')",
+        text.as_bytes(),
+    );
+    assert_eq!(verdict.trim(), "valid");
+
+    let document: Value = serde_json::from_str(&text).unwrap();
+    let mut listed = Vec::new();
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for method in ["get", "put", "post", "delete"] {
+            if item.get(method).is_some() {
+                listed.push(format!("{} {path}", method.to_uppercase()));
+            }
+        }
+    }
+    listed.sort();
+    let mut expected = vec![
+        "GET /health",
+        "GET /ready",
+        "GET /metrics",
+        "GET /openapi.json",
+        "GET /docs",
+        "GET /api/v1/devices",
+        "GET /api/v1/devices/backup",
+        "POST /api/v1/devices/restore",
+        "GET /api/v1/devices/{id}",
+        "PUT /api/v1/devices/{id}",
+        "DELETE /api/v1/devices/{id}",
+    ];
+    expected.sort();
+    assert_eq!(listed, expected);
+
+    // Each documented operation is served (not the 404 of an unknown route, not a 405), in an
+    // order that leaves the device there for the next call.
+    let order = [
+        "PUT /api/v1/devices/{id}",
+        "GET /api/v1/devices/{id}",
+        "GET /api/v1/devices",
+        "GET /api/v1/devices/backup",
+        "POST /api/v1/devices/restore",
+        "DELETE /api/v1/devices/{id}",
+        "GET /health",
+        "GET /ready",
+        "GET /metrics",
+        "GET /openapi.json",
+        "GET /docs",
+    ];
+    for operation in order {
+        let (method, path) = operation.split_once(' ').unwrap();
+        let path = path.replace("{id}", "room-7-meter");
+        let body = if method == "POST" {
+            json!([{ "id": "room-7-meter", "location": "restored" }])
+        } else {
+            json!({ "location": "hall" })
+        };
+        let response = api
+            .authed(method.parse().unwrap(), &path)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "{operation}: {} {}",
+            response.status(),
+            response.text().await.unwrap()
+        );
+    }
+    let docs = api.client.get(api.url("/docs")).send().await.unwrap();
+    assert!(docs.text().await.unwrap().contains("openapi.json"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_as_prometheus_text_and_count_what_was_sent() {
+    let Some(python) = python_with("prometheus_client") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let api = Api::start(dir.path()).await;
+    // The seed's A5-04-01 sensor (vector 07), so that every frame decodes to telemetry.
+    const SENT: usize = 7;
+    api.send_telegrams("a5007d8c0a0180a1b300", SENT).await;
+    wait_for("every telegram written", &api, || {
+        telemetry_of(dir.path(), "0180a1b3").len() == SENT
+    })
+    .await;
+    let text = api
+        .client
+        .get(api.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // The reference parser: every family with its type, every sample with its labels.
+    let parsed = run_python(
+        &python,
+        r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = {}
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        out.setdefault(s.name, []).append({"type": family.type, "labels": s.labels, "value": s.value})
+print(json.dumps(out))
+"#,
+        text.as_bytes(),
+    );
+    let families: Value = serde_json::from_str(&parsed).unwrap();
+    let sample = |name: &str, key: &str, value: &str| -> f64 {
+        let samples = families[name]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"));
+        let s = samples
+            .iter()
+            .find(|s| s["labels"][key] == value)
+            .unwrap_or_else(|| panic!("no {name}{{{key}=\"{value}\"}} in\n{text}"));
+        assert_eq!(s["type"], "counter");
+        s["value"].as_f64().unwrap()
+    };
+    assert_eq!(
+        sample("component_received_events_total", "component", "gateways"),
+        SENT as f64
+    );
+    assert_eq!(sample("esp3_frames_total", "source", "gateways"), SENT as f64);
+    let enriched = lines(&dir.path().join("telemetry.jsonl"))
+        .iter()
+        .filter(|l| l["device"]["friendly_id"] == "Climate 1")
+        .count();
+    assert!(enriched >= SENT, "every telemetry record was enriched from the API's store");
+    assert_eq!(
+        sample("enrich_enriched_total", "flow", "enocean"),
+        enriched as f64
+    );
+    assert!(text.contains("# TYPE esp3_frames_total counter"), "{text}");
+}
