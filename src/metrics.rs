@@ -91,12 +91,19 @@ mod tests {
         counter("render_test_total", &[("path", "a\"b\\c\nd")]).add(3);
         counter("render_test_total", &[("path", "plain")]).inc();
         let text = render();
-        assert_eq!(text.matches("# TYPE render_test_total counter\n").count(), 1, "{text}");
+        assert_eq!(
+            text.matches("# TYPE render_test_total counter\n").count(),
+            1,
+            "{text}"
+        );
         assert!(
             text.contains("render_test_total{path=\"a\\\"b\\\\c\\nd\"} 3\n"),
             "{text}"
         );
-        assert!(text.contains("render_test_total{path=\"plain\"} 1\n"), "{text}");
+        assert!(
+            text.contains("render_test_total{path=\"plain\"} 1\n"),
+            "{text}"
+        );
         let type_line = text.find("# TYPE render_test_total").unwrap();
         let first_sample = text.find("render_test_total{").unwrap();
         assert!(type_line < first_sample);

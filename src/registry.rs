@@ -148,7 +148,12 @@ struct RegistryFile {
 #[derive(Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceEntry {
-    #[serde(default, alias = "sourceEurid", alias = "source_eurid", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "sourceEurid",
+        alias = "source_eurid",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub eurid: Option<String>,
     /// An Efento sensor's serial number (12 hex digits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -266,7 +271,9 @@ pub fn parse(path: &str, text: &str) -> Result<(Devices, Vec<Warning>), Registry
     let mut devices = Devices::default();
     let mut warnings = Vec::new();
     for (index, entry) in parse_entries(path, text)?.into_iter().enumerate() {
-        let (device, warning) = entry.to_device(&format!("devices[{index}]")).map_err(invalid)?;
+        let (device, warning) = entry
+            .to_device(&format!("devices[{index}]"))
+            .map_err(invalid)?;
         if let Some(Warning(w)) = warning {
             warnings.push(Warning(format!("{path}: {w}")));
         }
@@ -355,7 +362,9 @@ impl DeviceEntry {
                 let rlc = match rlc {
                     None => 0,
                     Some(text) => hex_u32(text).ok_or_else(|| {
-                        format!("{at}: rlc \"{text}\" must be hex (up to 8 digits), e.g. \"000000\"")
+                        format!(
+                            "{at}: rlc \"{text}\" must be hex (up to 8 digits), e.g. \"000000\""
+                        )
                     })?,
                 };
                 Some(Security { key, slf, rlc })
@@ -397,7 +406,10 @@ pub fn open_for_stage(flow: &str, path: &Path, api: Option<&Arc<Registry>>) -> A
         return match api {
             Some(registry) => registry.clone(),
             None => {
-                tracing::error!(flow, "registry = \"api\" but the pipeline has no [api] section; every device counts as unknown");
+                tracing::error!(
+                    flow,
+                    "registry = \"api\" but the pipeline has no [api] section; every device counts as unknown"
+                );
                 Registry::empty()
             }
         };

@@ -62,7 +62,10 @@ impl Pipeline {
             api_addr = Some(api.local_addr()?);
             api_ready = Some(api.readiness());
             api_registry = Some(api.registry());
-            api_task = Some(("api".to_string(), spawn_component("api", &shutdown, api.serve())));
+            api_task = Some((
+                "api".to_string(),
+                spawn_component("api", &shutdown, api.serve()),
+            ));
         }
 
         let mut sink_senders: BTreeMap<String, mpsc::Sender<Record>> = BTreeMap::new();
@@ -119,12 +122,8 @@ impl Pipeline {
                     .or_default()
                     .push(tx.clone());
             }
-            let runner = FlowRunner::new(
-                flow,
-                &sink_senders,
-                plugins.as_ref(),
-                api_registry.as_ref(),
-            )?;
+            let runner =
+                FlowRunner::new(flow, &sink_senders, plugins.as_ref(), api_registry.as_ref())?;
             flows.push((
                 format!("flow `{}`", flow.name),
                 spawn_component(&flow.name, &shutdown, runner.run(rx)),

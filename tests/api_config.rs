@@ -109,10 +109,10 @@ fn registry_api_needs_the_api_section() {
     let messages: Vec<&str> = found.iter().map(|d| d.message.as_str()).collect();
     assert_eq!(found.len(), 2, "{messages:#?}");
     assert!(
-        found
-            .iter()
-            .all(|d| d.message.contains("registry = \"api\" but the file has no [api] section")
-                && d.hint.as_deref().unwrap_or("").contains("[api]")),
+        found.iter().all(|d| d
+            .message
+            .contains("registry = \"api\" but the file has no [api] section")
+            && d.hint.as_deref().unwrap_or("").contains("[api]")),
         "{messages:#?}"
     );
     assert!(found[0].message.contains("`decode`") && found[1].message.contains("`enrich`"));

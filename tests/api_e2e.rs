@@ -95,13 +95,21 @@ impl Api {
         let port = |key: &str, section: &str| -> u16 {
             let at = text.find(section).unwrap();
             let line = text[at..].lines().find(|l| l.starts_with(key)).unwrap();
-            line.rsplit(':').next().unwrap().trim_end_matches('"').parse().unwrap()
+            line.rsplit(':')
+                .next()
+                .unwrap()
+                .trim_end_matches('"')
+                .parse()
+                .unwrap()
         };
         let api_port = port("listen", "[api]");
         let ws_port = port("listen", "[sources.gateways]");
         let (child, log) = common::spawn_run_env(
             dir,
-            &[("SENSORGATE_API_TOKEN", TOKEN), ("SENSORGATE_API_BASIC", BASIC)],
+            &[
+                ("SENSORGATE_API_TOKEN", TOKEN),
+                ("SENSORGATE_API_BASIC", BASIC),
+            ],
         );
         let api = Api {
             child,
@@ -155,7 +163,9 @@ impl Api {
     async fn send_telegrams(&self, telegram: &str, count: usize) {
         let data = hex::decode(telegram).unwrap();
         let url = format!("ws://{}/aruba?gateway=gw-e2e", self.gateways);
-        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("ws connect");
+        let (mut ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("ws connect");
         for _ in 0..count {
             let frame = esp3::encode(0x01, &data, &[1, 0xff, 0xff, 0xff, 0xff, 0x45, 0]);
             ws.send(Message::binary(frame)).await.unwrap();
@@ -228,7 +238,10 @@ async fn a_device_onboarded_over_the_api_decodes_at_once_and_survives_a_restart(
     assert!(telemetry_of(dir.path(), SENDER).is_empty());
 
     let put = api
-        .authed(reqwest::Method::PUT, &format!("/api/v1/devices/{}", SENDER.to_uppercase()))
+        .authed(
+            reqwest::Method::PUT,
+            &format!("/api/v1/devices/{}", SENDER.to_uppercase()),
+        )
         .json(&json!({
             "eep": "A5-02-05",
             "friendly_id": "Temperature 1",
@@ -311,7 +324,10 @@ async fn a_device_onboarded_over_the_api_decodes_at_once_and_survives_a_restart(
 
     // Removed: the next telegram is unknown again.
     let deleted = api
-        .authed(reqwest::Method::DELETE, &format!("/api/v1/devices/{SENDER}"))
+        .authed(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/devices/{SENDER}"),
+        )
         .send()
         .await
         .unwrap();
@@ -322,7 +338,12 @@ async fn a_device_onboarded_over_the_api_decodes_at_once_and_survives_a_restart(
         .await
         .unwrap();
     assert_eq!(gone.status(), 404);
-    assert!(gone.json::<Value>().await.unwrap()["error"].as_str().unwrap().contains(SENDER));
+    assert!(
+        gone.json::<Value>().await.unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .contains(SENDER)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -343,7 +364,10 @@ async fn device_routes_refuse_missing_or_wrong_credentials_and_bad_input() {
             (reqwest::Method::GET, "/api/v1/devices/backup"),
             (reqwest::Method::POST, "/api/v1/devices/restore"),
         ] {
-            let mut request = api.client.request(method.clone(), api.url(path)).json(&json!({}));
+            let mut request = api
+                .client
+                .request(method.clone(), api.url(path))
+                .json(&json!({}));
             if let Some(h) = &header {
                 request = request.header("authorization", h);
             }
@@ -373,7 +397,10 @@ async fn device_routes_refuse_missing_or_wrong_credentials_and_bad_input() {
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
-    let error = bad.json::<Value>().await.unwrap()["error"].as_str().unwrap().to_string();
+    let error = bad.json::<Value>().await.unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(error.contains("RORG-FUNC-TYPE"), "{error}");
     let typo = api
         .authed(reqwest::Method::PUT, "/api/v1/devices/0180a1b2")
@@ -547,12 +574,18 @@ print(json.dumps(out))
         sample("component_received_events_total", "component", "gateways"),
         SENT as f64
     );
-    assert_eq!(sample("esp3_frames_total", "source", "gateways"), SENT as f64);
+    assert_eq!(
+        sample("esp3_frames_total", "source", "gateways"),
+        SENT as f64
+    );
     let enriched = lines(&dir.path().join("telemetry.jsonl"))
         .iter()
         .filter(|l| l["device"]["friendly_id"] == "Climate 1")
         .count();
-    assert!(enriched >= SENT, "every telemetry record was enriched from the API's store");
+    assert!(
+        enriched >= SENT,
+        "every telemetry record was enriched from the API's store"
+    );
     assert_eq!(
         sample("enrich_enriched_total", "flow", "enocean"),
         enriched as f64

@@ -121,12 +121,11 @@ pub(crate) fn read_seed(
     path: &Path,
 ) -> Result<Vec<crate::registry::DeviceEntry>, crate::registry::RegistryError> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|error| {
-        crate::registry::RegistryError::Read {
+    let text =
+        std::fs::read_to_string(path).map_err(|error| crate::registry::RegistryError::Read {
             path: shown.clone(),
             error,
-        }
-    })?;
+        })?;
     crate::registry::parse(&shown, &text)?;
     crate::registry::parse_entries(&shown, &text)
 }

@@ -125,10 +125,18 @@ fn routes() -> Vec<(&'static str, Method, MethodRouter<AppState>)> {
         ("/docs", Method::GET, get(docs)),
         ("/api/v1/devices", Method::GET, get(list_devices)),
         ("/api/v1/devices/backup", Method::GET, get(backup_devices)),
-        ("/api/v1/devices/restore", Method::POST, post(restore_devices)),
+        (
+            "/api/v1/devices/restore",
+            Method::POST,
+            post(restore_devices),
+        ),
         ("/api/v1/devices/{id}", Method::GET, get(get_device)),
         ("/api/v1/devices/{id}", Method::PUT, put(put_device)),
-        ("/api/v1/devices/{id}", Method::DELETE, delete(delete_device)),
+        (
+            "/api/v1/devices/{id}",
+            Method::DELETE,
+            delete(delete_device),
+        ),
     ]
 }
 
@@ -212,8 +220,7 @@ async fn require_auth(State(state): State<AppState>, request: Request, next: Nex
     tracing::debug!(path = %request.uri().path(), "API request refused: missing or wrong credentials");
     let mut response = ApiError {
         status: StatusCode::UNAUTHORIZED,
-        message: "missing or wrong credentials: send Authorization: Bearer TOKEN (or Basic)"
-            .into(),
+        message: "missing or wrong credentials: send Authorization: Bearer TOKEN (or Basic)".into(),
     }
     .into_response();
     response.headers_mut().insert(
@@ -280,7 +287,10 @@ async fn get_device(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let device = state.store.get(&id).ok_or_else(|| ApiError::not_found(&id))?;
+    let device = state
+        .store
+        .get(&id)
+        .ok_or_else(|| ApiError::not_found(&id))?;
     Ok(axum::Json(device).into_response())
 }
 
@@ -415,8 +425,8 @@ mod tests {
 
     #[test]
     fn a_bad_body_says_where() {
-        let e = parse_body::<Vec<DeviceBody>>(br#"[{"eurid": "0180a1b2"}, {"eep": 5}]"#)
-            .unwrap_err();
+        let e =
+            parse_body::<Vec<DeviceBody>>(br#"[{"eurid": "0180a1b2"}, {"eep": 5}]"#).unwrap_err();
         assert!(e.message.contains("[1].eep"), "{}", e.message);
         let e = parse_body::<DeviceBody>(br#"{"friendly": "x"}"#).unwrap_err();
         assert!(e.message.contains("friendly"), "{}", e.message);

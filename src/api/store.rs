@@ -56,6 +56,23 @@ pub struct DeviceView {
     security: bool,
 }
 
+impl std::fmt::Debug for DeviceView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&serde_json::to_string(self).unwrap_or_default())
+    }
+}
+
+/// Names the device only: the body may hold a key.
+impl std::fmt::Debug for DeviceBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceBody")
+            .field("eurid", &self.eurid)
+            .field("serial", &self.serial)
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
 impl DeviceView {
     fn of(entry: &DeviceEntry) -> Self {
         let mut entry = entry.clone();
@@ -362,7 +379,7 @@ fn resolve(
     existing: Option<&DeviceEntry>,
     at: &str,
 ) -> Result<(DeviceEntry, Device), StoreError> {
-    let invalid = |m: String| StoreError::Invalid(m);
+    let invalid = StoreError::Invalid;
     if let Some(id) = path_id
         && body.eurid.is_none()
         && body.serial.is_none()
@@ -488,21 +505,48 @@ mod tests {
         let put = format!(r#"{{"eep": "a5-02-05", "key": "{KEY}", "rlc": "c0ffee"}}"#);
         store.put("01020304", body(&put)).unwrap();
         let shown = serde_json::to_string(&store.list()).unwrap();
-        assert!(!shown.contains("456E") && !shown.contains("c0ffee"), "{shown}");
+        assert!(
+            !shown.contains("456E") && !shown.contains("c0ffee"),
+            "{shown}"
+        );
         assert!(shown.contains(r#""security":true"#), "{shown}");
 
         let (created, view) = store
-            .put("01020304", body(r#"{"eep": "a5-02-05", "location": "hall"}"#))
+            .put(
+                "01020304",
+                body(r#"{"eep": "a5-02-05", "location": "hall"}"#),
+            )
             .unwrap();
         assert!(!created);
         assert!(serde_json::to_value(&view).unwrap()["security"] == true);
-        let security = store.registry().snapshot().get(&0x01020304).unwrap().security.clone();
-        assert_eq!(security.unwrap().rlc, 0xc0ffee, "the stored key and rolling code stay");
+        let security = store
+            .registry()
+            .snapshot()
+            .get(&0x01020304)
+            .unwrap()
+            .security
+            .clone();
+        assert_eq!(
+            security.unwrap().rlc,
+            0xc0ffee,
+            "the stored key and rolling code stay"
+        );
 
         store
-            .put("01020304", body(r#"{"eep": "a5-02-05", "security": false}"#))
+            .put(
+                "01020304",
+                body(r#"{"eep": "a5-02-05", "security": false}"#),
+            )
             .unwrap();
-        assert!(store.registry().snapshot().get(&0x01020304).unwrap().security.is_none());
+        assert!(
+            store
+                .registry()
+                .snapshot()
+                .get(&0x01020304)
+                .unwrap()
+                .security
+                .is_none()
+        );
         let e = store
             .put("01020304", body(r#"{"security": true}"#))
             .unwrap_err()
@@ -514,8 +558,13 @@ mod tests {
     fn bad_input_is_refused_with_the_reason_and_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("r.redb")).unwrap();
-        let e = store.put("0180a1b2", body(r#"{"eep": "a5-02"}"#)).unwrap_err();
-        assert!(matches!(e, StoreError::Invalid(ref m) if m.contains("RORG-FUNC-TYPE")), "{e}");
+        let e = store
+            .put("0180a1b2", body(r#"{"eep": "a5-02"}"#))
+            .unwrap_err();
+        assert!(
+            matches!(e, StoreError::Invalid(ref m) if m.contains("RORG-FUNC-TYPE")),
+            "{e}"
+        );
         let e = store
             .put("0180a1b2", body(r#"{"eurid": "0180a1b3"}"#))
             .unwrap_err()
@@ -530,11 +579,20 @@ mod tests {
             body(r#"{"eurid": "0180a1b2", "eep": "a5-02-05"}"#),
             body(r#"{"serial": "nope"}"#),
         ];
-        let e = store.restore(bad_restore, RestoreMode::Merge).unwrap_err().to_string();
+        let e = store
+            .restore(bad_restore, RestoreMode::Merge)
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("[1]") && e.contains("12 hex digits"), "{e}");
         assert!(store.is_empty(), "a refused restore changes nothing");
-        let twice = vec![body(r#"{"eurid": "0180a1b2"}"#), body(r#"{"eurid": "0180A1B2"}"#)];
-        let e = store.restore(twice, RestoreMode::Merge).unwrap_err().to_string();
+        let twice = vec![
+            body(r#"{"eurid": "0180a1b2"}"#),
+            body(r#"{"eurid": "0180A1B2"}"#),
+        ];
+        let e = store
+            .restore(twice, RestoreMode::Merge)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("twice"), "{e}");
     }
 
@@ -543,7 +601,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("r.redb")).unwrap();
         store.put("keep-me", body("{}")).unwrap();
-        store.put("0180a1b2", body(r#"{"location": "old"}"#)).unwrap();
+        store
+            .put("0180a1b2", body(r#"{"location": "old"}"#))
+            .unwrap();
         let array = || {
             vec![
                 body(r#"{"eurid": "0180a1b2", "location": "new"}"#),
@@ -553,14 +613,26 @@ mod tests {
         let merged = store.restore(array(), RestoreMode::Merge).unwrap();
         assert_eq!(
             merged,
-            RestoreSummary { mode: "merge", created: 1, updated: 1, removed: 0, total: 3 }
+            RestoreSummary {
+                mode: "merge",
+                created: 1,
+                updated: 1,
+                removed: 0,
+                total: 3
+            }
         );
         assert!(store.get("KEEP-ME").is_some());
         assert!(store.registry().snapshot().lookup("282C024156AF").is_some());
         let replaced = store.restore(array(), RestoreMode::Replace).unwrap();
         assert_eq!(
             replaced,
-            RestoreSummary { mode: "replace", created: 0, updated: 2, removed: 1, total: 2 }
+            RestoreSummary {
+                mode: "replace",
+                created: 0,
+                updated: 2,
+                removed: 1,
+                total: 2
+            }
         );
         assert!(store.get("keep-me").is_none());
         assert!(store.registry().snapshot().lookup("keep-me").is_none());
@@ -573,7 +645,9 @@ mod tests {
     fn the_seed_adds_only_devices_the_store_lacks() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("r.redb")).unwrap();
-        store.put("0180a1b2", body(r#"{"location": "from the API"}"#)).unwrap();
+        store
+            .put("0180a1b2", body(r#"{"location": "from the API"}"#))
+            .unwrap();
         let seed = crate::registry::parse_entries(
             "devices.toml",
             "[[devices]]\neurid = \"0180a1b2\"\nlocation = \"seed\"\n[[devices]]\neurid = \"0180a1b3\"\n",
@@ -581,7 +655,10 @@ mod tests {
         .unwrap();
         assert_eq!(store.seed(seed).unwrap(), 1);
         let view = serde_json::to_value(store.get("0180a1b2").unwrap()).unwrap();
-        assert_eq!(view["location"], "from the API", "the store wins over the seed");
+        assert_eq!(
+            view["location"], "from the API",
+            "the store wins over the seed"
+        );
         assert_eq!(store.len(), 2);
     }
 }

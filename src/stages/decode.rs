@@ -249,30 +249,31 @@ impl DecodeStage {
             Codec::Plugin => "plugin",
             Codec::Json => "json",
         };
-        let enocean = (config.codec == Codec::Esp3 && config.output == Output::Documents).then(|| {
-            let registry = match &config.registry {
-                Some(path) => registry::open_for_stage(flow, path, api_registry),
-                None => Registry::empty(),
-            };
-            let options = EngineOptions {
-                chain_timeout: config.chain_timeout.get(),
-                rlc_window: config.rlc_window,
-                ..EngineOptions::default()
-            };
-            let stats_interval = Some(config.stats_interval.get()).filter(|d| !d.is_zero());
-            let mut engine = Engine::new(registry, options);
-            if let Some(host) = plugins {
-                engine = engine.with_plugins(wasm::Runner::new(host.clone()));
-            }
-            EnoceanState {
-                engine,
-                stats_interval,
-                next_stats: stats_interval.map(|d| Instant::now() + d),
-                next_chain_check: None,
-                outputs: Vec::new(),
-                source: None,
-            }
-        });
+        let enocean =
+            (config.codec == Codec::Esp3 && config.output == Output::Documents).then(|| {
+                let registry = match &config.registry {
+                    Some(path) => registry::open_for_stage(flow, path, api_registry),
+                    None => Registry::empty(),
+                };
+                let options = EngineOptions {
+                    chain_timeout: config.chain_timeout.get(),
+                    rlc_window: config.rlc_window,
+                    ..EngineOptions::default()
+                };
+                let stats_interval = Some(config.stats_interval.get()).filter(|d| !d.is_zero());
+                let mut engine = Engine::new(registry, options);
+                if let Some(host) = plugins {
+                    engine = engine.with_plugins(wasm::Runner::new(host.clone()));
+                }
+                EnoceanState {
+                    engine,
+                    stats_interval,
+                    next_stats: stats_interval.map(|d| Instant::now() + d),
+                    next_chain_check: None,
+                    outputs: Vec::new(),
+                    source: None,
+                }
+            });
         DecodeStage {
             flow: flow.into(),
             codec: config.codec,

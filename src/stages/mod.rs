@@ -68,14 +68,12 @@ pub fn build_with_registry(
         .enumerate()
         .map(|(index, s)| {
             Ok(match s {
-                StageConfig::Decode(c) => {
-                    Box::new(decode::DecodeStage::with_registry(
+                StageConfig::Decode(c) => Box::new(decode::DecodeStage::with_registry(
                     flow,
                     c,
                     plugins,
                     api_registry,
-                )) as Box<dyn Stage>
-                }
+                )) as Box<dyn Stage>,
                 StageConfig::DecodePlugin(c) => {
                     Box::new(decode::DecodeStage::vendor(flow, c, plugins))
                 }
