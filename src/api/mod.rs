@@ -54,6 +54,15 @@ impl Api {
     pub async fn open(config: &ApiConfig, shutdown: CancellationToken) -> anyhow::Result<Api> {
         let credentials =
             Credentials::from_env(config.token_env.as_deref(), config.basic_env.as_deref())?;
+        Self::open_with(config, credentials, shutdown).await
+    }
+
+    /// [`Api::open`] with the credentials given rather than read from the environment.
+    pub async fn open_with(
+        config: &ApiConfig,
+        credentials: Credentials,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Api> {
         let path = config.store.clone();
         let seed = config.seed.clone();
         let store = tokio::task::spawn_blocking(move || -> anyhow::Result<Store> {
@@ -409,6 +418,39 @@ mod tests {
             .collect();
         served.sort();
         assert_eq!(openapi::operations(&openapi::document()), served);
+    }
+
+    #[tokio::test]
+    async fn ready_is_503_until_the_pipeline_runs_and_again_once_it_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ApiConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            token_env: None,
+            basic_env: None,
+            store: dir.path().join("registry.redb"),
+            seed: None,
+        };
+        let shutdown = CancellationToken::new();
+        let credentials = Credentials::new(Some("0123456789abcdef".into()), None);
+        let api = Api::open_with(&config, credentials, shutdown.clone())
+            .await
+            .unwrap();
+        let base = format!("http://{}", api.local_addr().unwrap());
+        let readiness = api.readiness();
+        let server = tokio::spawn(api.serve());
+        let client = reqwest::Client::new();
+        let status = |path: &'static str| {
+            let request = client.get(format!("{base}{path}"));
+            async move { request.send().await.unwrap().status().as_u16() }
+        };
+        assert_eq!(status("/health").await, 200);
+        assert_eq!(status("/ready").await, 503, "sources not started yet");
+        readiness.store(true, Ordering::Release);
+        assert_eq!(status("/ready").await, 200);
+        assert_eq!(status("/api/v1/devices").await, 401);
+        assert_eq!(status("/no/such/route").await, 404);
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
     }
 
     #[test]
