@@ -530,6 +530,15 @@ async fn metrics_parse_as_prometheus_text_and_count_what_was_sent() {
     let api = Api::start(dir.path()).await;
     // The seed's A5-04-01 sensor (vector 07), so that every frame decodes to telemetry.
     const SENT: usize = 7;
+    for id in ["meter-1", "meter-2"] {
+        let put = api
+            .authed(reqwest::Method::PUT, &format!("/api/v1/devices/{id}"))
+            .json(&json!({ "location": "basement" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status(), 201);
+    }
     api.send_telegrams("a5007d8c0a0180a1b300", SENT).await;
     wait_for("every telegram written", &api, || {
         telemetry_of(dir.path(), "0180a1b3").len() == SENT
@@ -589,6 +598,10 @@ print(json.dumps(out))
     assert_eq!(
         sample("enrich_enriched_total", "flow", "enocean"),
         enriched as f64
+    );
+    assert_eq!(
+        sample("api_device_changes_total", "change", "onboarded"),
+        2.0
     );
     assert!(text.contains("# TYPE esp3_frames_total counter"), "{text}");
 }

@@ -349,12 +349,14 @@ async fn put_device(
         return Err(ApiError::bad_request("the device id is empty"));
     }
     let store = state.store.clone();
+    let shown = id.clone();
     let (created, view) = blocking(move || store.put(&id, body)).await?;
-    let status = if created {
-        StatusCode::CREATED
+    let (status, change) = if created {
+        (StatusCode::CREATED, "onboarded")
     } else {
-        StatusCode::OK
+        (StatusCode::OK, "updated")
     };
+    device_changed(&shown, change);
     Ok((status, axum::Json(view)).into_response())
 }
 
@@ -365,10 +367,17 @@ async fn delete_device(
     let store = state.store.clone();
     let shown = id.clone();
     if blocking(move || store.delete(&id)).await? {
+        device_changed(&shown, "removed");
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(&shown))
     }
+}
+
+/// A device onboarded, updated or removed through the API: logged and counted in one place.
+fn device_changed(id: &str, change: &'static str) {
+    metrics::counter("api_device_changes_total", &[("change", change)]).inc();
+    tracing::info!(device = %id, change, "device registry changed through the API");
 }
 
 /// `mode=merge` (the default) or `mode=replace`.
@@ -402,6 +411,8 @@ async fn restore_devices(
     let bodies: Vec<DeviceBody> = parse_body(&body)?;
     let store = state.store.clone();
     let summary = blocking(move || store.restore(bodies, mode)).await?;
+    metrics::counter("api_device_changes_total", &[("change", "restored")])
+        .add((summary.created + summary.updated + summary.removed) as u64);
     tracing::info!(?summary, "devices restored");
     Ok(axum::Json(summary).into_response())
 }
