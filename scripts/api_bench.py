@@ -8,6 +8,9 @@ GET /api/v1/devices/{id} of random onboarded devices from several client threads
 connections) for the latency percentiles. Prints one line per run and the medians.
 
     python3 scripts/api_bench.py --bin target/release/sensorgate --devices 10000 --runs 3
+
+With --attach URL it only sends GETs to a running instance for --seconds (benches/api_coap_load.sh uses
+that for GET latency while the CoAP load run goes on).
 """
 import argparse
 import http.client
@@ -138,14 +141,53 @@ to = ["out"]
             proc.wait(30)
 
 
+def attach(base, seconds, readers, id_format, count):
+    """GETs of random devices (id_format % index) against a running API for `seconds`."""
+    host, port = base.split("//")[-1].split(":")
+    latencies, lock = [], threading.Lock()
+    stop = time.perf_counter() + seconds
+
+    def reader(seed):
+        rng = random.Random(seed)
+        c = http.client.HTTPConnection(host, int(port), timeout=30)
+        mine = []
+        while time.perf_counter() < stop:
+            path = "/api/v1/devices/" + id_format % rng.randrange(count)
+            t = time.perf_counter()
+            s, _ = request(c, "GET", path)
+            mine.append(time.perf_counter() - t)
+            if s != 200:
+                sys.exit(f"GET {path}: {s}")
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(readers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    latencies.sort()
+    print(f"GET /api/v1/devices/{{id}} x{len(latencies)} in {seconds} s from {readers} threads: "
+          f"p50 {latencies[len(latencies) // 2] * 1000:.2f} ms, "
+          f"p99 {latencies[int(len(latencies) * 0.99)] * 1000:.2f} ms, "
+          f"{len(latencies) / seconds:.0f} req/s", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--attach", metavar="URL",
+                   help="only GET load against a running API (http://127.0.0.1:PORT), for --seconds")
+    p.add_argument("--seconds", type=float, default=10)
+    p.add_argument("--id-format", default="%08x", help="device id from its index, with --attach")
     p.add_argument("--bin", default="target/release/sensorgate")
     p.add_argument("--devices", type=int, default=10000)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--readers", type=int, default=8, help="client threads for the GET load")
     p.add_argument("--reads", type=int, default=2000, help="GETs per client thread")
     args = p.parse_args()
+    if args.attach:
+        attach(args.attach, args.seconds, args.readers, args.id_format, args.devices)
+        return
     results = []
     for run in range(args.runs):
         onboard, size, p50, p99, rate = one_run(args.bin, args.devices, args.readers, args.reads)
