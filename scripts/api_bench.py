@@ -141,8 +141,9 @@ to = ["out"]
             proc.wait(30)
 
 
-def attach(base, seconds, readers, id_format, count):
-    """GETs of random devices (id_format % index) against a running API for `seconds`."""
+def attach(base, seconds, readers, id_format, count, rate):
+    """GETs of random devices (id_format % index) against a running API for `seconds`; at most
+    `rate` per second in all when rate > 0 (paced, as a dashboard or an operator would call)."""
     host, port = base.split("//")[-1].split(":")
     latencies, lock = [], threading.Lock()
     stop = time.perf_counter() + seconds
@@ -151,7 +152,14 @@ def attach(base, seconds, readers, id_format, count):
         rng = random.Random(seed)
         c = http.client.HTTPConnection(host, int(port), timeout=30)
         mine = []
+        interval = readers / rate if rate > 0 else 0
+        due = time.perf_counter()
         while time.perf_counter() < stop:
+            if interval:
+                due += interval
+                pause = due - time.perf_counter()
+                if pause > 0:
+                    time.sleep(pause)
             path = "/api/v1/devices/" + id_format % rng.randrange(count)
             t = time.perf_counter()
             s, _ = request(c, "GET", path)
@@ -178,6 +186,7 @@ def main():
     p.add_argument("--attach", metavar="URL",
                    help="only GET load against a running API (http://127.0.0.1:PORT), for --seconds")
     p.add_argument("--seconds", type=float, default=10)
+    p.add_argument("--rate", type=float, default=0, help="with --attach: GETs per second in all (0: as fast as they answer)")
     p.add_argument("--id-format", default="%08x", help="device id from its index, with --attach")
     p.add_argument("--bin", default="target/release/sensorgate")
     p.add_argument("--devices", type=int, default=10000)
@@ -186,7 +195,7 @@ def main():
     p.add_argument("--reads", type=int, default=2000, help="GETs per client thread")
     args = p.parse_args()
     if args.attach:
-        attach(args.attach, args.seconds, args.readers, args.id_format, args.devices)
+        attach(args.attach, args.seconds, args.readers, args.id_format, args.devices, args.rate)
         return
     results = []
     for run in range(args.runs):
