@@ -8,6 +8,7 @@ pub mod codecs;
 pub mod config;
 pub mod document;
 pub mod downlink;
+pub mod graph;
 pub mod kafka;
 pub mod loadgen;
 pub mod metrics;

@@ -63,6 +63,17 @@ enum Command {
     },
     /// Simulated EnOcean gateways streaming ESP3 to an esp3_websocket source (Aruba or raw).
     Simulate(sensorgate::simulator::SimulateArgs),
+    /// Print a pipeline's topology (sources, flows with their stages, sinks, dead letters) as
+    /// Graphviz DOT or a Mermaid flowchart.
+    Graph {
+        /// The pipeline file.
+        #[arg(default_value = "pipeline.toml")]
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = sensorgate::graph::Format::Dot)]
+        format: sensorgate::graph::Format,
+    },
+    /// Print a complete pipeline.toml: every component and option with its default, commented.
+    Configfile,
     /// Decoder plugins (WebAssembly components).
     Plugins {
         #[command(subcommand)]
@@ -169,6 +180,20 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     match cli.command {
         Command::Validate { file } => validate(&file),
+        Command::Graph { file, format } => match sensorgate::config::load_file(&file) {
+            Ok((config, _)) => {
+                print_out(sensorgate::graph::render(&config, format).trim_end());
+                ExitCode::SUCCESS
+            }
+            Err(report) => {
+                eprint!("{report}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Configfile => {
+            print_out(sensorgate::cli::CONFIGFILE.trim_end());
+            ExitCode::SUCCESS
+        }
         Command::Decode {
             codec: DecodeCommand::Efento { path, hex },
         } => match sensorgate::codecs::efento::decode_hex(&path, &hex) {
