@@ -661,6 +661,39 @@ fn efento_frames_are_produced_keyed_by_serial_with_headers_and_acknowledged_afte
         );
         assert_efento_document(&m["value"], SERIAL);
     }
+
+    // Read back by sensorgate's own rdkafka consumer: documents become records again, unchanged.
+    let toml = processing(
+        &broker.brokers(),
+        &topic,
+        &format!("docs-{}", std::process::id()),
+        "type = \"json_lines\"\npath = \"out.jsonl\"",
+    )
+    .replace("format = \"raw\"", "format = \"document\"")
+    .replace(
+        "stages = [{ type = \"decode\", codec = \"efento\" }]",
+        "stages = []",
+    );
+    let tier = Tier::start(&toml);
+    let read = eventually(Duration::from_secs(90), || {
+        tier.documents("out.jsonl").len() >= 3
+    });
+    assert!(read, "log:\n{}", tier.log());
+    // The same documents (fields compared as sets), but for the source: the reading pipeline's.
+    let by_time = |d: &serde_json::Value| d["received_at"].as_str().unwrap().to_string();
+    let mut again: Vec<serde_json::Value> = tier
+        .documents("out.jsonl")
+        .into_iter()
+        .map(|mut doc| {
+            assert_eq!(doc["source"], "frames", "{doc}");
+            doc["source"] = "efento".into();
+            doc
+        })
+        .collect();
+    let mut sent: Vec<serde_json::Value> = got.iter().map(|m| m["value"].clone()).collect();
+    again.sort_by_key(by_time);
+    sent.sort_by_key(by_time);
+    assert_eq!(again, sent);
 }
 
 #[test]
