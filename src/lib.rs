@@ -10,6 +10,7 @@ pub mod document;
 pub mod downlink;
 pub mod graph;
 pub mod kafka;
+pub mod live;
 pub mod loadgen;
 pub mod metrics;
 pub mod mqtt;
