@@ -173,6 +173,9 @@ enum PreferArg {
 enum LoadgenCommand {
     /// Simulated Efento sensors sending confirmable /m requests.
     Coap(sensorgate::loadgen::CoapLoadArgs),
+    /// Simulated devices publishing QoS 1 JSON to an MQTT broker, read back from the Kafka topic a
+    /// pipeline writes: end-to-end rate, latency, missing and duplicated messages.
+    Mqtt(sensorgate::loadgen::mqtt::MqttLoadArgs),
 }
 
 fn main() -> ExitCode {
@@ -214,6 +217,9 @@ fn main() -> ExitCode {
         Command::Loadgen {
             kind: LoadgenCommand::Coap(args),
         } => run_async(sensorgate::loadgen::run_coap(args)),
+        Command::Loadgen {
+            kind: LoadgenCommand::Mqtt(args),
+        } => run_async(sensorgate::loadgen::mqtt::run_mqtt(args)),
         Command::Simulate(args) => run_async(sensorgate::simulator::run(args)),
         Command::Decode {
             codec:
