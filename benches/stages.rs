@@ -234,6 +234,21 @@ fn bench(c: &mut Criterion) {
         );
         per_record(&mut group, name, &mut stage, &vec![doc.clone(); BATCH]);
     }
+
+    group.finish();
+
+    // What a flow adds per record when the HTTP API's live view is on (nobody tapping).
+    let mut group = c.benchmark_group("live");
+    group.throughput(Throughput::Elements(1));
+    let live = sensorgate::live::Live::new(10);
+    for (name, doc) in [
+        ("observe_enocean", &telemetry),
+        ("observe_efento", &measurements),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| live.observe(std::hint::black_box(doc)));
+        });
+    }
     group.finish();
 }
 

@@ -12,6 +12,9 @@ use crate::codecs::enocean::secure::{Key, Slf};
 use crate::codecs::wasm::{self, PluginsConfig, Prefer};
 use crate::registry::{self, Device, Registry, Security};
 
+/// `sensorgate configfile`: a pipeline.toml of every component and option, commented.
+pub const CONFIGFILE: &str = include_str!("configfile.toml");
+
 /// Plugins for the CLI: `dir` with every default but `prefer`, loaded once, not watched.
 fn plugin_host(dir: &Path, prefer: Prefer) -> Result<Arc<wasm::Host>, String> {
     let mut config = PluginsConfig::for_dir(dir);

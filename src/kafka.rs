@@ -135,6 +135,18 @@ pub fn add_frame_headers(record: &Record, mut h: OwnedHeaders) -> OwnedHeaders {
     h
 }
 
+/// The latest time a record may carry from a message: 9999-12-31T23:59:59.999Z.
+const LATEST_MS: i64 = 253_402_300_799_999;
+
+/// A time in Unix milliseconds from a message (its timestamp or `received_at_ms`), if it is one a
+/// document can show: from 1970 to the year 9999. Anything else is not believed.
+pub fn unix_millis(ms: i64) -> Option<SystemTime> {
+    u64::try_from(ms)
+        .ok()
+        .filter(|_| ms <= LATEST_MS)
+        .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
+}
+
 /// What a raw frame's headers say about it.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct FrameMeta {
@@ -160,12 +172,7 @@ pub fn read_frame_headers<H: Headers>(headers: Option<&H>) -> FrameMeta {
             SOURCE => meta.source = Some(value.to_string()),
             KIND => meta.kind = Some(value.to_string()),
             DEVICE if !value.is_empty() => meta.device = Some(value.to_string()),
-            RECEIVED_AT => {
-                meta.received_at = value
-                    .parse::<u64>()
-                    .ok()
-                    .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
-            }
+            RECEIVED_AT => meta.received_at = value.parse::<i64>().ok().and_then(unix_millis),
             GATEWAY => meta.origin.gateway = Some(Arc::from(value)),
             RSSI => meta.origin.rssi = value.parse().ok(),
             ROUTE => meta.origin.route = Some(Arc::from(value)),
@@ -249,6 +256,13 @@ mod tests {
             });
         let meta = read_frame_headers(Some(&headers));
         assert_eq!(meta, FrameMeta::default());
+        for far in ["99999999999999999", "-5", "253402300800000"] {
+            let h = OwnedHeaders::new().insert(Header {
+                key: RECEIVED_AT,
+                value: Some(far),
+            });
+            assert_eq!(read_frame_headers(Some(&h)).received_at, None, "{far}");
+        }
         assert_eq!(
             read_frame_headers::<OwnedHeaders>(None),
             FrameMeta::default()

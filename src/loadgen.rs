@@ -22,6 +22,8 @@ use tokio::net::UdpSocket;
 use crate::codecs::efento::proto::{ProtoChannel, ProtoMeasurements};
 use crate::config::duration::parse_duration;
 
+pub mod mqtt;
+
 /// Arguments of `sensorgate loadgen coap`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CoapLoadArgs {
@@ -248,13 +250,7 @@ pub async fn run_coap_load(args: &CoapLoadArgs) -> anyhow::Result<Summary> {
     }
     let seconds = started.elapsed().as_secs_f64();
     latencies.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        if latencies.is_empty() {
-            return 0.0;
-        }
-        let i = ((latencies.len() as f64 - 1.0) * p).round() as usize;
-        latencies[i] as f64 / 1000.0
-    };
+    let pct = |p: f64| percentile_ms(&latencies, p);
     let verified = match &args.verify {
         Some(dir) => Some(verify_parquet(dir, &acked)?),
         None => None,
@@ -277,6 +273,16 @@ pub async fn run_coap_load(args: &CoapLoadArgs) -> anyhow::Result<Summary> {
         max_ms: latencies.last().map(|v| *v as f64 / 1000.0).unwrap_or(0.0),
         verified,
     })
+}
+
+/// The `p` quantile (0..=1, nearest rank) of latencies in microseconds, sorted ascending, in
+/// milliseconds; 0 when there are none.
+pub fn percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted_us.len() as f64 - 1.0) * p.clamp(0.0, 1.0)).round() as usize;
+    f64::from(sorted_us[i]) / 1000.0
 }
 
 struct InFlight {

@@ -63,6 +63,17 @@ enum Command {
     },
     /// Simulated EnOcean gateways streaming ESP3 to an esp3_websocket source (Aruba or raw).
     Simulate(sensorgate::simulator::SimulateArgs),
+    /// Print a pipeline's topology (sources, flows with their stages, sinks, dead letters) as
+    /// Graphviz DOT or a Mermaid flowchart.
+    Graph {
+        /// The pipeline file.
+        #[arg(default_value = "pipeline.toml")]
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = sensorgate::graph::Format::Dot)]
+        format: sensorgate::graph::Format,
+    },
+    /// Print a complete pipeline.toml: every component and option with its default, commented.
+    Configfile,
     /// Decoder plugins (WebAssembly components).
     Plugins {
         #[command(subcommand)]
@@ -162,6 +173,9 @@ enum PreferArg {
 enum LoadgenCommand {
     /// Simulated Efento sensors sending confirmable /m requests.
     Coap(sensorgate::loadgen::CoapLoadArgs),
+    /// Simulated devices publishing QoS 1 JSON to an MQTT broker, read back from the Kafka topic a
+    /// pipeline writes: end-to-end rate, latency, missing and duplicated messages.
+    Mqtt(sensorgate::loadgen::mqtt::MqttLoadArgs),
 }
 
 fn main() -> ExitCode {
@@ -169,6 +183,20 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     match cli.command {
         Command::Validate { file } => validate(&file),
+        Command::Graph { file, format } => match sensorgate::config::load_file(&file) {
+            Ok((config, _)) => {
+                print_out(sensorgate::graph::render(&config, format).trim_end());
+                ExitCode::SUCCESS
+            }
+            Err(report) => {
+                eprint!("{report}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Configfile => {
+            print_out(sensorgate::cli::CONFIGFILE.trim_end());
+            ExitCode::SUCCESS
+        }
         Command::Decode {
             codec: DecodeCommand::Efento { path, hex },
         } => match sensorgate::codecs::efento::decode_hex(&path, &hex) {
@@ -189,6 +217,9 @@ fn main() -> ExitCode {
         Command::Loadgen {
             kind: LoadgenCommand::Coap(args),
         } => run_async(sensorgate::loadgen::run_coap(args)),
+        Command::Loadgen {
+            kind: LoadgenCommand::Mqtt(args),
+        } => run_async(sensorgate::loadgen::mqtt::run_mqtt(args)),
         Command::Simulate(args) => run_async(sensorgate::simulator::run(args)),
         Command::Decode {
             codec:

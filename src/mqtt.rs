@@ -354,24 +354,71 @@ pub enum ConnEvent {
     Down(String),
 }
 
-/// One connection to the broker: a client for requests and the task that polls its event loop.
+/// One connection to the broker: a client for requests, the task that polls its event loop, and
+/// the task that hands it acknowledgements in order.
 pub struct Connection {
     pub client: AsyncClient,
     pub events: mpsc::Receiver<ConnEvent>,
     task: tokio::task::JoinHandle<()>,
+    acks: mpsc::UnboundedSender<AckRequest>,
+    ack_task: tokio::task::JoinHandle<()>,
 }
+
+/// What the ack task sends, in order.
+enum AckRequest {
+    Ack(Publish),
+    Disconnect,
+}
+
+/// Events buffered between the event loop and its reader. The event loop must keep running while
+/// the reader is busy (a source waiting for room in its flows): it answers the broker's pings, and
+/// a connection without them is dropped, which makes the broker send every unacknowledged message
+/// again. QoS 1 messages are bounded by the broker's in-flight window; QoS 0 messages beyond this
+/// many are dropped (at most once) and counted.
+const EVENT_BUFFER: usize = 65_536;
 
 impl Connection {
     /// Starts connecting; `capacity` bounds rumqttc's request channel.
     pub fn open(options: MqttOptions, capacity: usize) -> Connection {
+        let client_id = options.client_id();
         let (client, event_loop) = AsyncClient::new(options, capacity);
-        let (tx, events) = mpsc::channel(capacity.max(16));
-        let task = tokio::spawn(drive(event_loop, tx));
+        let (tx, events) = mpsc::channel(EVENT_BUFFER);
+        let dropped = crate::metrics::counter("mqtt_qos0_dropped_total", &[("client", &client_id)]);
+        let task = tokio::spawn(drive(event_loop, tx, dropped));
+        // Acks wait here, never in the reader: rumqttc's request channel may be full for a moment
+        // (a burst of records stored at once), and a failed ack would mean a reconnect and the
+        // broker sending everything unacknowledged again.
+        let (acks, mut queue) = mpsc::unbounded_channel::<AckRequest>();
+        let sender = client.clone();
+        let ack_task = tokio::spawn(async move {
+            while let Some(request) = queue.recv().await {
+                let sent = match request {
+                    AckRequest::Ack(publish) => sender.ack(&publish).await,
+                    AckRequest::Disconnect => sender.disconnect().await,
+                };
+                if sent.is_err() {
+                    return; // the event loop is gone; so is the connection
+                }
+            }
+        });
         Connection {
             client,
             events,
             task,
+            acks,
+            ack_task,
         }
+    }
+
+    /// Acknowledges a QoS 1 message (after those acknowledged before it). False when the
+    /// connection is gone.
+    pub fn ack(&self, publish: Publish) -> bool {
+        self.acks.send(AckRequest::Ack(publish)).is_ok()
+    }
+
+    /// Sends DISCONNECT after every ack asked for before.
+    pub fn disconnect(&self) -> bool {
+        self.acks.send(AckRequest::Disconnect).is_ok()
     }
 }
 
@@ -380,10 +427,15 @@ impl Drop for Connection {
     // the broker sends its unacknowledged messages again on the next connection.
     fn drop(&mut self) {
         self.task.abort();
+        self.ack_task.abort();
     }
 }
 
-async fn drive(mut event_loop: EventLoop, tx: mpsc::Sender<ConnEvent>) {
+async fn drive(
+    mut event_loop: EventLoop,
+    tx: mpsc::Sender<ConnEvent>,
+    qos0_dropped: crate::metrics::Counter,
+) {
     loop {
         let event = match event_loop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => ConnEvent::Up {
@@ -408,6 +460,19 @@ async fn drive(mut event_loop: EventLoop, tx: mpsc::Sender<ConnEvent>) {
                 let _ = tx.send(ConnEvent::Down(e.to_string())).await;
                 return;
             }
+        };
+        // Never wait while there is room; when the buffer is full, drop QoS 0 messages (their
+        // sender asked for at most once) and wait for the reader with anything else.
+        let event = match tx.try_send(event) {
+            Ok(()) => continue,
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
+            Err(mpsc::error::TrySendError::Full(ConnEvent::Message(p)))
+                if p.qos == rumqttc::QoS::AtMostOnce =>
+            {
+                qos0_dropped.inc();
+                continue;
+            }
+            Err(mpsc::error::TrySendError::Full(event)) => event,
         };
         if tx.send(event).await.is_err() {
             return;

@@ -374,9 +374,27 @@ pub fn write_rfc3339(t: SystemTime, out: &mut String) {
     const YEAR_10000: u64 = 253_402_300_800;
     let since = t.duration_since(std::time::UNIX_EPOCH).ok();
     let Some(since) = since.filter(|d| d.as_secs() < YEAR_10000) else {
-        let text = chrono::DateTime::<chrono::Utc>::from(t)
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        out.push_str(&text);
+        // Before 1970 or after 9999: chrono's own conversion from SystemTime panics far out of
+        // range, so go through its checked constructor.
+        let (secs, nanos) = match t.duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => (i64::try_from(d.as_secs()).ok(), d.subsec_nanos()),
+            Err(e) => {
+                let d = e.duration();
+                match (i64::try_from(d.as_secs()), d.subsec_nanos()) {
+                    (Ok(s), 0) => (Some(-s), 0),
+                    (Ok(s), n) => (Some(-s - 1), 1_000_000_000 - n),
+                    (Err(_), _) => (None, 0),
+                }
+            }
+        };
+        match secs.and_then(|s| chrono::DateTime::<chrono::Utc>::from_timestamp(s, nanos)) {
+            Some(at) => out.push_str(&at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+            None => out.push_str(if secs.is_some_and(|s| s < 0) {
+                "-262143-01-01T00:00:00.000Z"
+            } else {
+                "+262142-12-31T23:59:59.999Z"
+            }),
+        }
         return;
     };
     let secs = since.as_secs();
@@ -786,6 +804,16 @@ mod tests {
         for t in times {
             assert_eq!(rfc3339(t), chrono(t), "{t:?}");
         }
+    }
+
+    #[test]
+    fn times_beyond_what_chrono_holds_are_formatted_without_panicking() {
+        use std::time::{Duration, UNIX_EPOCH};
+        // About year 3 million: a timestamp from a Kafka header or a device can say anything.
+        let far = UNIX_EPOCH + Duration::from_millis(99_999_999_999_999_999);
+        assert_eq!(rfc3339(far), "+262142-12-31T23:59:59.999Z");
+        let before = UNIX_EPOCH - Duration::from_secs(9_000_000_000_000_000);
+        assert_eq!(rfc3339(before), "-262143-01-01T00:00:00.000Z");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::net::UdpSocket;
 use common::*;
 use prost::Message as _;
 use sensorgate::codecs::efento::proto::ProtoConfig;
+use sensorgate::downlink::Status;
 use sensorgate::topology::Pipeline;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -25,7 +26,7 @@ async fn queued_configuration_rides_in_the_next_ack_of_that_device_only_once() {
     let pipeline = Pipeline::start(config).await.unwrap();
     let addr = pipeline.local_addr("efento").unwrap();
 
-    pipeline.downlinks().enqueue(
+    let id = pipeline.downlinks().enqueue(
         "282c024156af",
         ProtoConfig {
             transmission_interval: 600,
@@ -34,6 +35,8 @@ async fn queued_configuration_rides_in_the_next_ack_of_that_device_only_once() {
         },
     );
     assert!(pipeline.downlinks().is_pending("282C024156AF"));
+    let status = |id| pipeline.downlinks().change(id).unwrap().status;
+    assert_eq!(status(id), Status::Pending);
 
     let seed = vector_bytes("efento", "m00_seed_open_close");
     let other = vector_bytes("efento", "m01_temp_humidity_negative");
@@ -60,10 +63,38 @@ async fn queued_configuration_rides_in_the_next_ack_of_that_device_only_once() {
     assert!(ack.device_info_request);
     assert!(ack.current_time > 0);
     assert!(!pipeline.downlinks().is_pending("282C024156AF"));
+    assert_eq!(status(id), Status::Sent);
 
     let ack = tokio::task::spawn_blocking(move || exchange(3, seed))
         .await
         .unwrap();
     assert_eq!(ack.transmission_interval, 0, "delivered once");
+
+    // The device's configuration report: the old interval leaves the change sent, the new one
+    // confirms it (the one-shot device_info_request is not part of a report).
+    let serial = hex::decode("282C024156AF").unwrap();
+    let report = move |mid: u16, interval: u32| {
+        let payload = ProtoConfig {
+            serial_number: serial.clone(),
+            transmission_interval: interval,
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        con_post(&sock, addr, mid, &[1], "c", &payload).code
+    };
+    let r = report.clone();
+    let code = tokio::task::spawn_blocking(move || r(4, 300))
+        .await
+        .unwrap();
+    assert_eq!(code, "2.01");
+    assert_eq!(status(id), Status::Sent);
+    let code = tokio::task::spawn_blocking(move || report(5, 600))
+        .await
+        .unwrap();
+    assert_eq!(code, "2.01");
+    let change = pipeline.downlinks().change(id).unwrap();
+    assert_eq!(change.status, Status::Confirmed);
+    assert_eq!(change.confirmed_by, Some("configuration"));
     pipeline.stop().await.unwrap();
 }

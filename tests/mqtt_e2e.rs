@@ -703,3 +703,81 @@ fn a_topic_template_with_qos_0_and_retain_reaches_a_later_subscriber() {
     assert_eq!(topic, &format!("sg/efento/{SERIAL}/measurements"));
     assert_eq!(doc["device"], SERIAL);
 }
+
+/// A burst of QoS 1 messages with no in-flight limit at the broker, stored in groups, so acks
+/// become due in bursts: each message is stored exactly once and the connection stays up. (The
+/// overload that made the old ack path reconnect into a redelivery loop needs sustained load of
+/// 15k/s and more; `benches/mqtt_kafka_load.sh` shows it, this test does not reproduce it.)
+#[test]
+fn a_burst_of_thousands_of_messages_is_stored_once_each_without_a_reconnect() {
+    let Some(broker) = Broker::start("max_inflight_messages 0") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        r#"
+[sources.broker]
+type = "mqtt"
+url = "{}"
+client_id = "sg-burst"
+subscriptions = [{{ topic = "burst/+", qos = 1, device = 1 }}]
+
+[sinks.out]
+type = "json_lines"
+path = "out.jsonl"
+
+[[flows]]
+name = "burst"
+from = ["broker"]
+stages = [{{ type = "decode", codec = "json", json = {{ preset = "flespi" }} }}]
+to = ["out"]
+"#,
+        broker.url()
+    );
+    let gate = Gate::start_connected(dir.path(), &toml);
+    let n = 6000;
+    let lines: String = (0..n)
+        .map(|i| {
+            format!(
+                "{{\"ident\":\"d1\",\"timestamp\":{},\"v\":{i}}}\n",
+                1_700_000_000 + i
+            )
+        })
+        .collect();
+    let mut publisher = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
+        .args(["-q", "1", "-t", "burst/d1", "-l"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run mosquitto_pub");
+    {
+        use std::io::Write;
+        let mut stdin = publisher.stdin.take().unwrap();
+        stdin.write_all(lines.as_bytes()).unwrap();
+    }
+    let out = publisher.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = dir.path().join("out.jsonl");
+    let all = eventually(Duration::from_secs(60), || json_lines(&file).len() >= n);
+    assert!(
+        all,
+        "{} of {n}; log:\n{}",
+        json_lines(&file).len(),
+        gate.log()
+    );
+    std::thread::sleep(Duration::from_secs(2)); // room for redeliveries to show
+    let docs = json_lines(&file);
+    let distinct: std::collections::BTreeSet<String> = docs
+        .iter()
+        .map(|d| d["measurements"][0]["value"].to_string())
+        .collect();
+    assert_eq!(distinct.len(), n, "log:\n{}", gate.log());
+    assert_eq!(docs.len(), n, "stored twice; log:\n{}", gate.log());
+    assert!(!gate.log().contains("reconnecting"), "log:\n{}", gate.log());
+}

@@ -83,6 +83,8 @@ pub struct Mapping {
     time: Option<String>,
     readings: String,
     exclude: Vec<String>,
+    /// `exclude` plus the device and time fields, for when the item is the readings object.
+    item_exclude: Vec<String>,
     keep: BTreeMap<String, String>,
     units: BTreeMap<String, String>,
     first_is_gateway: bool,
@@ -187,15 +189,22 @@ impl JsonMapping {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         keep.extend(self.keep.clone());
+        let time = self.time.clone().or(time.map(str::to_string));
+        let mut item_exclude = exclude.clone();
+        item_exclude.push(field_name(&device));
+        if let Some(t) = &time {
+            item_exclude.push(field_name(t));
+        }
         Ok(Mapping {
             items: self.items.clone().unwrap_or_default(),
             device,
-            time: self.time.clone().or(time.map(str::to_string)),
+            time,
             readings: self
                 .readings
                 .clone()
                 .unwrap_or_else(|| readings.to_string()),
             exclude,
+            item_exclude,
             keep,
             units: self.units.clone(),
             first_is_gateway: self.first_is_gateway.unwrap_or(gateway),
@@ -251,8 +260,14 @@ fn time_of(value: &Value) -> Option<SystemTime> {
     }
 }
 
+/// Which flattened names are not readings, and the units of those that are.
+struct Names<'a> {
+    exclude: &'a [String],
+    units: &'a BTreeMap<String, String>,
+}
+
 /// Adds the readings of `value` under `name` (flattened) to `out`.
-fn flatten(name: &mut String, value: &Value, ts: i64, mapping: &Mapping, out: &mut Vec<Reading>) {
+fn flatten(name: &mut String, value: &Value, ts: i64, mapping: &Names<'_>, out: &mut Vec<Reading>) {
     let len = name.len();
     let mut nested = |name: &mut String, key: &str, v: &Value| {
         if !name.is_empty() {
@@ -368,15 +383,17 @@ pub fn decode(
             )));
         }
         let mut readings = Vec::new();
-        let mut skip = mapping.clone();
-        if mapping.readings.is_empty() {
-            // The item is the readings object: its id and time fields are not readings.
-            skip.exclude.push(field_name(&mapping.device));
-            if let Some(t) = &mapping.time {
-                skip.exclude.push(field_name(t));
-            }
-        }
-        flatten(&mut String::new(), source, ts, &skip, &mut readings);
+        // When the item is the readings object, its id and time fields are not readings.
+        let exclude = if mapping.readings.is_empty() {
+            &mapping.item_exclude
+        } else {
+            &mapping.exclude
+        };
+        let names = Names {
+            exclude,
+            units: &mapping.units,
+        };
+        flatten(&mut String::new(), source, ts, &names, &mut readings);
         let mut body = Map::new();
         body.insert("time".into(), Value::String(rfc3339(time)));
         if mapping.first_is_gateway {

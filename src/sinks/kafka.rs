@@ -278,6 +278,15 @@ impl KafkaSink {
                     .into(),
                 None,
             ),
+            Format::Raw if record.kind != Kind::Raw => {
+                return Err(format!(
+                    "format = \"raw\" writes frames as received, and this record is a decoded `{}` document (write decoded records with format = \"document\"; an ingest flow decodes with output = \"raw\")",
+                    record.kind
+                ));
+            }
+            Format::Raw if record.raw.is_empty() => {
+                return Err("format = \"raw\": the record has no frame bytes".into());
+            }
             Format::Raw => (
                 record.raw.clone(),
                 Some(kafka::add_frame_headers(record, OwnedHeaders::new())),
@@ -438,6 +447,34 @@ mod tests {
         r.kind = kind;
         r.device = device.map(str::to_string);
         (r, watch)
+    }
+
+    #[test]
+    fn raw_format_writes_frames_and_refuses_decoded_records() {
+        let config: KafkaSinkConfig =
+            toml::from_str("brokers = [\"127.0.0.1:9\"]\nformat = \"raw\"").unwrap();
+        let sink = KafkaSink::new("k", &config).unwrap();
+        let (mut frame, _w) = record(Kind::Raw, Some("282C"));
+        frame.raw = Bytes::from_static(b"\x0a\x06");
+        frame.origin.route = Some(Arc::from("measurements"));
+        let m = sink.prepare(&frame).unwrap();
+        assert_eq!(m.topic, "sensorgate.raw");
+        assert_eq!(m.key, "282C");
+        assert_eq!(&m.payload[..], b"\x0a\x06");
+        let headers = sink.headers(&m);
+        let meta = kafka::read_frame_headers(Some(&headers));
+        assert_eq!(meta.kind.as_deref(), Some("raw"));
+        assert_eq!(meta.origin.route.as_deref(), Some("measurements"));
+        let (decoded, _w) = record(Kind::Measurements, Some("282C"));
+        let e = sink.prepare(&decoded).err().unwrap();
+        assert!(e.contains("decoded `measurements` document"), "{e}");
+        let (empty, _w) = record(Kind::Raw, Some("282C"));
+        assert!(
+            sink.prepare(&empty)
+                .err()
+                .unwrap()
+                .contains("no frame bytes")
+        );
     }
 
     #[test]

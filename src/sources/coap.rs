@@ -683,6 +683,8 @@ impl CoapSource {
         } else {
             (Delivery::detached(), None)
         };
+        // What the answer needs to confirm configuration changes (see `Downlinks::observe`).
+        let report = (origin.route.clone(), raw.clone());
         let record = Record::new(shared.name.clone(), origin, raw, delivery);
         let mut permits = permits.into_iter();
         if let Some(last) = permits.next_back() {
@@ -696,7 +698,7 @@ impl CoapSource {
             shared.in_flight.fetch_add(1, Ordering::Relaxed);
             let shared = self.shared.clone();
             tracker.spawn(async move {
-                let bytes = answer_for(&shared, &request, watch).await;
+                let bytes = answer_for(&shared, &request, watch, report).await;
                 shared.exchanges_for(&key).answer(key, bytes.clone());
                 shared.in_flight.fetch_sub(1, Ordering::Relaxed);
                 send(&shared, &bytes, key.0).await;
@@ -796,7 +798,13 @@ pub fn request_record(
 }
 
 /// Waits for the record's outcome (at most `ack_deadline`) and builds the ACK.
-async fn answer_for(shared: &Shared, request: &RequestHeader, watch: DeliveryWatch) -> Bytes {
+/// `report`: the request's route and payload, which may show the device applied a change.
+async fn answer_for(
+    shared: &Shared,
+    request: &RequestHeader,
+    watch: DeliveryWatch,
+    report: (Option<Arc<str>>, Bytes),
+) -> Bytes {
     let outcome = tokio::time::timeout(shared.config.ack_deadline.get(), watch).await;
     let c = &shared.counters;
     match outcome {
@@ -804,6 +812,9 @@ async fn answer_for(shared: &Shared, request: &RequestHeader, watch: DeliveryWat
             c.created.inc();
             let payload = match shared.config.ack_payload {
                 AckPayload::EfentoConfig => {
+                    if let (Some(device), (Some(route), payload)) = (&device, &report) {
+                        shared.downlinks.observe(device, route, payload);
+                    }
                     shared.downlinks.ack_payload(device.as_deref(), unix_now())
                 }
                 AckPayload::None => Vec::new(),

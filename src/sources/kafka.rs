@@ -15,8 +15,8 @@
 //! partition, the committed offset is the end of the settled run from the start, so nothing after an
 //! unsettled record is committed (librdkafka commits the stored offsets every `commit_interval`,
 //! when partitions are taken away, and at shutdown). A restart or another group member therefore
-//! reads again every message whose record was not settled: delivery is at least once, and exactly
-//! once while the group is stable.
+//! reads again every message whose record was not settled: delivery is at least once (exactly once
+//! while the group is stable and no sink fails; a dedupe stage drops the copies otherwise).
 //!
 //! **A record that fails** (a sink could not store it): its partition is paused, and after a
 //! backoff (`retry_min` doubling to `retry_max` while records keep failing) read again from that
@@ -28,7 +28,10 @@
 //! starts on them; records still unsettled then are read again by the new owner.
 //!
 //! **Back-pressure.** At most `max_in_flight` records are on their way at once; a full flow queue
-//! stops reading too (librdkafka keeps the group membership alive meanwhile).
+//! stops reading too. librdkafka's heartbeats keep the membership alive meanwhile, but a rebalance
+//! waits for the source to read again, and a wait past `max.poll.interval.ms` (5 min; a sink that
+//! hangs rather than fails) makes librdkafka leave the group: other members then read the records
+//! again.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -66,7 +69,8 @@ pub struct KafkaSourceConfig {
     /// `raw` (frames with their origin in headers) or `document` (JSON documents).
     #[serde(default)]
     pub format: Format,
-    /// Where a group without committed offsets starts: `earliest` or `latest`.
+    /// Where a group without committed offsets starts (and where it goes on when its committed
+    /// offset is no longer kept by the broker): `earliest` or `latest`.
     #[serde(default)]
     pub start: Start,
     /// The route of every record (what the decode stage reads it as), instead of the `route` header.
@@ -320,6 +324,8 @@ struct Shared {
     settled: Notify,
     /// A record stored since the last failure: the next failure waits `retry_min` again.
     stored_since_failure: AtomicBool,
+    /// The source has drained and is leaving the group.
+    closing: AtomicBool,
     revoke_wait: Duration,
     name: Arc<str>,
 }
@@ -345,6 +351,9 @@ impl ConsumerContext for GroupContext {
         let Rebalance::Revoke(tpl) = rebalance else {
             return;
         };
+        if self.shared.closing.load(Ordering::Relaxed) {
+            return; // drained already; nothing more can be stored
+        }
         let tps: Vec<Tp> = tpl
             .elements()
             .iter()
@@ -360,13 +369,24 @@ impl ConsumerContext for GroupContext {
         tracing::info!(source = %self.shared.name, partitions = tps.len(), "partitions taken away by the group");
     }
 
-    fn post_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(
+        &self,
+        consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &Rebalance<'_>,
+    ) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                let mut tracker = self.shared.lock();
-                for e in tpl.elements() {
-                    let tp = (Arc::from(e.topic()), e.partition());
-                    tracker.part(&tp);
+                {
+                    let mut tracker = self.shared.lock();
+                    for e in tpl.elements() {
+                        let tp = (Arc::from(e.topic()), e.partition());
+                        tracker.part(&tp);
+                    }
+                }
+                // librdkafka keeps an application's pause across unassignment: a partition paused
+                // for a rewind, taken away and given back, would never be read again.
+                if let Err(e) = consumer.resume(tpl) {
+                    tracing::warn!(source = %self.shared.name, error = %e, "cannot resume assigned partitions");
                 }
                 tracing::info!(source = %self.shared.name, partitions = tpl.count(), "partitions assigned by the group");
             }
@@ -450,6 +470,7 @@ impl KafkaSource {
             tracker: Mutex::new(Tracker::default()),
             settled: Notify::new(),
             stored_since_failure: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             revoke_wait: config.revoke_wait.get(),
             name: name.into(),
         });
@@ -473,7 +494,7 @@ impl KafkaSource {
             flows,
             counters: Counters {
                 received: metrics::counter("component_received_events_total", &labels),
-                committed: metrics::counter("kafka_settled_messages_total", &source),
+                committed: metrics::counter("kafka_offsets_stored_total", &source),
                 rewinds: metrics::counter("kafka_rewinds_total", &source),
             },
         })
@@ -492,6 +513,11 @@ impl KafkaSource {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some(tp) = rewind_rx.recv() => {
+                    // Taken away (or read again) since: nothing to pause.
+                    let rewinding = self.shared.lock().parts.get(&tp).is_some_and(|p| p.rewind.is_some());
+                    if !rewinding || rewinds.contains_key(&tp) {
+                        continue;
+                    }
                     if self.shared.stored_since_failure.swap(false, Ordering::Relaxed) {
                         backoff.reset();
                     }
@@ -510,7 +536,7 @@ impl KafkaSource {
                     let due: Vec<Tp> = rewinds.iter().filter(|(_, at)| **at <= now).map(|(tp, _)| tp.clone()).collect();
                     for tp in due {
                         rewinds.remove(&tp);
-                        self.rewind(&tp);
+                        self.rewind(&tp, &rewind_tx);
                     }
                 }
                 _ = self.shared.settled.notified(), if full => {}
@@ -533,26 +559,29 @@ impl KafkaSource {
         Ok(())
     }
 
-    /// Reads a failed record's partition again from that record.
-    fn rewind(&self, tp: &Tp) {
-        let offset = {
-            let mut tracker = self.shared.lock();
-            let epoch = tracker.new_epoch();
-            let Some(part) = tracker.parts.get_mut(tp) else {
-                return; // taken away meanwhile
-            };
-            part.epoch = epoch;
-            part.rewind.take()
-        };
-        let Some(offset) = offset else { return };
-        if let Err(e) =
-            self.consumer
-                .seek(&tp.0, tp.1, Offset::Offset(offset), Duration::from_secs(5))
-        {
-            tracing::warn!(source = %self.name, error = %e, "cannot seek back to a failed record; it is read again after a restart");
-        }
+    /// Reads a failed record's partition again from that record: seek back, then resume.
+    fn rewind(&self, tp: &Tp, rewind_tx: &mpsc::UnboundedSender<Tp>) {
+        let offset = self.shared.lock().parts.get(tp).and_then(|p| p.rewind);
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&tp.0, tp.1);
+        if let Some(offset) = offset {
+            if let Err(e) =
+                self.consumer
+                    .seek(&tp.0, tp.1, Offset::Offset(offset), Duration::from_secs(5))
+            {
+                // Resuming now would read on after the failed record: stay paused, try again.
+                tracing::warn!(source = %self.name, error = %e, "cannot seek back to a failed record; trying again after a wait");
+                let _ = rewind_tx.send(tp.clone());
+                return;
+            }
+            let mut tracker = self.shared.lock();
+            let epoch = tracker.new_epoch();
+            if let Some(part) = tracker.parts.get_mut(tp) {
+                part.epoch = epoch;
+                part.rewind = None;
+            }
+        }
+        // Also when the partition was taken away and given back meanwhile: never leave it paused.
         if let Err(e) = self.consumer.resume(&tpl) {
             tracing::warn!(source = %self.name, error = %e, "cannot resume a partition");
         }
@@ -576,7 +605,7 @@ impl KafkaSource {
                 return true;
             }
             if part.pending.back().is_some_and(|e| e.offset >= offset) {
-                // An old message after a seek: entries from it on are of an older epoch.
+                // A message at or before one on its way (a seek back): those entries are read again.
                 let keep = part.pending.partition_point(|e| e.offset < offset);
                 let dropped = part.pending.len() - keep;
                 part.pending.truncate(keep);
@@ -604,11 +633,7 @@ impl KafkaSource {
             .key()
             .and_then(|k| std::str::from_utf8(k).ok())
             .filter(|k| !k.is_empty());
-        let sent_at = message.timestamp().to_millis().and_then(|ms| {
-            u64::try_from(ms)
-                .ok()
-                .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
-        });
+        let sent_at = message.timestamp().to_millis().and_then(kafka::unix_millis);
         message_record(
             &self.name,
             &self.config,
@@ -640,6 +665,13 @@ impl KafkaSource {
                     break;
                 }
             }
+        }
+        // From here no offset is stored: forget what is still on its way.
+        self.shared.closing.store(true, Ordering::Relaxed);
+        {
+            let mut tracker = self.shared.lock();
+            let all: Vec<Tp> = tracker.parts.keys().cloned().collect();
+            tracker.remove(&all);
         }
         let KafkaSource { consumer, name, .. } = self;
         // Committing waits for the broker, and dropping the consumer closes it (leaving the group).
@@ -745,6 +777,9 @@ fn settled(
     let Some(shared) = shared.upgrade() else {
         return;
     };
+    // Declared before the lock, so dropped after it: if this is the last reference, closing the
+    // consumer runs its rebalance callback, which takes the lock.
+    let consumer = consumer.upgrade();
     let failed = matches!(outcome, Outcome::Failed { .. });
     let mut tracker = shared.lock();
     match tracker.settle(tp, offset, epoch, failed) {
@@ -752,7 +787,7 @@ fn settled(
         Settled::Store(next) => {
             shared.stored_since_failure.store(true, Ordering::Relaxed);
             committed.inc();
-            if let Some(consumer) = consumer.upgrade() {
+            if let Some(consumer) = &consumer {
                 let mut tpl = TopicPartitionList::new();
                 if tpl
                     .add_partition_offset(&tp.0, tp.1, Offset::Offset(next))

@@ -20,10 +20,12 @@
 //! **Stopping.** On shutdown the source takes no more messages, acknowledges in order those whose
 //! records get stored within 10 s, and disconnects (the session stays).
 //!
-//! **Back-pressure.** A message is handed to every flow, waiting for room; meanwhile the connection
-//! is not read, so the broker holds further messages (mosquitto sends at most 20 unacknowledged
-//! QoS 1 messages at once by default). A wait longer than 1.5 keep alives makes the broker drop the
-//! connection; the source reconnects and gets the unacknowledged messages again.
+//! **Back-pressure.** A message is handed to every flow, waiting for room. Meanwhile the connection's
+//! event loop keeps running (it answers the broker's pings, so the connection stays up) and buffers
+//! what arrives: the broker sends at most its in-flight window of unacknowledged QoS 1 messages
+//! (mosquitto: `max_inflight_messages`, 20 by default), so nothing more piles up. QoS 0 messages
+//! beyond 65,536 buffered are dropped and counted (`mqtt_qos0_dropped_total`). Acks go to the
+//! connection's own ack task, in order, so a burst of stored records never fails an ack.
 //!
 //! **Origin.** `origin.path` is the topic; `origin.route` the subscription's `route` (if set) or the
 //! topic; a subscription's `device = N` takes the N-th wildcard level of the topic (1-based) as the
@@ -208,22 +210,18 @@ impl MqttSource {
                     let pending = fifo.pop_front().expect("a front");
                     match outcome {
                         Ok(Outcome::Delivered { .. } | Outcome::Rejected { .. }) => {
-                            // Never await here: the request channel may be full while the event
-                            // loop task waits on us; a full channel is a broken connection anyway.
-                            match conn.client.try_ack(&pending.publish) {
-                                Ok(()) => {
-                                    self.counters.acked.inc();
-                                    // Records get stored again: back to the shortest wait.
-                                    if failing {
-                                        failing = false;
-                                        backoff.reset();
-                                    }
-                                    false
+                            // In order, through the connection's ack task (never waits here).
+                            if conn.ack(pending.publish) {
+                                self.counters.acked.inc();
+                                // Records get stored again: back to the shortest wait.
+                                if failing {
+                                    failing = false;
+                                    backoff.reset();
                                 }
-                                Err(e) => {
-                                    tracing::warn!(source = %self.name, error = %e, "cannot queue a PUBACK; reconnecting");
-                                    true
-                                }
+                                false
+                            } else {
+                                tracing::warn!(source = %self.name, "the connection is gone before its PUBACK; reconnecting");
+                                true
                             }
                         }
                         Ok(Outcome::Failed { reason }) => {
@@ -329,7 +327,7 @@ impl MqttSource {
             };
             match outcome {
                 Ok(Outcome::Delivered { .. } | Outcome::Rejected { .. }) => {
-                    if conn.client.try_ack(&pending.publish).is_err() {
+                    if !conn.ack(pending.publish) {
                         break;
                     }
                     self.counters.acked.inc();
@@ -343,7 +341,7 @@ impl MqttSource {
             tracing::info!(source = %self.name, unacknowledged = fifo.len(), "disconnecting; the broker sends the messages not acknowledged again on the next start");
         }
         // DISCONNECT goes out after the acks (requests are sent in order); the session stays.
-        if conn.client.try_disconnect().is_ok() {
+        if conn.disconnect() {
             let _ = tokio::time::timeout(Duration::from_secs(1), async {
                 while let Some(event) = conn.events.recv().await {
                     if matches!(event, ConnEvent::Down(_)) {
