@@ -142,6 +142,13 @@ impl Store {
                 path.display()
             )
         })?;
+        // It holds security keys: readable by its owner only.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("cannot restrict access to {}", path.display()))?;
+        }
         let txn = db.begin_write().context("device store")?;
         txn.open_table(DEVICES).context("device store")?;
         txn.commit().context("device store")?;
@@ -489,6 +496,12 @@ mod tests {
         assert_eq!(device.fields["room"], "221");
         drop(store);
 
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "the store holds keys: owner only");
+        }
         let store = Store::open(&path).unwrap();
         assert_eq!(store.len(), 1);
         let devices = store.registry().snapshot();
