@@ -55,13 +55,16 @@ impl Pipeline {
         let mut api_addr = None;
         let mut api_ready = None;
         let mut api_registry = None;
+        let mut live = None;
         if let Some(c) = &config.api {
             let api = crate::api::Api::open(c, shutdown.clone())
                 .await
-                .context("[api]")?;
+                .context("[api]")?
+                .with_downlinks(downlinks.clone());
             api_addr = Some(api.local_addr()?);
             api_ready = Some(api.readiness());
             api_registry = Some(api.registry());
+            live = Some(api.live());
             api_task = Some((
                 "api".to_string(),
                 spawn_component("api", &shutdown, api.serve()),
@@ -123,7 +126,8 @@ impl Pipeline {
                     .push(tx.clone());
             }
             let runner =
-                FlowRunner::new(flow, &sink_senders, plugins.as_ref(), api_registry.as_ref())?;
+                FlowRunner::new(flow, &sink_senders, plugins.as_ref(), api_registry.as_ref())?
+                    .with_live(live.clone());
             flows.push((
                 format!("flow `{}`", flow.name),
                 spawn_component(&flow.name, &shutdown, runner.run(rx)),
@@ -287,9 +291,16 @@ struct Router {
     refusals: Option<Arc<DeadLetterRoute>>,
     rejected_without_dead_letter: Counter,
     dead_lettered: Counter,
+    /// The HTTP API's live view, which sees every record on its way to the sinks.
+    live: Option<Arc<crate::live::Live>>,
 }
 
 impl FlowRunner {
+    fn with_live(mut self, live: Option<Arc<crate::live::Live>>) -> Self {
+        self.router.live = live;
+        self
+    }
+
     fn new(
         flow: &FlowConfig,
         sinks: &BTreeMap<String, mpsc::Sender<Record>>,
@@ -328,6 +339,7 @@ impl FlowRunner {
                 ],
             ),
             dead_lettered: metrics::counter("dead_lettered_records_total", &[("flow", &flow.name)]),
+            live: None,
         };
         Ok(FlowRunner {
             stages: stages::build_with_registry(&flow.name, &flow.stages, plugins, api_registry)?,
@@ -427,6 +439,9 @@ impl Router {
                 }
             }
             return;
+        }
+        if let Some(live) = &self.live {
+            live.observe(&record);
         }
         let Some(((_, last), rest)) = self.to.split_last() else {
             record.delivery.delivered();

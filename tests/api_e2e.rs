@@ -30,6 +30,7 @@ struct Api {
     log: Arc<Mutex<String>>,
     base: String,
     gateways: SocketAddr,
+    coap: SocketAddr,
     client: reqwest::Client,
 }
 
@@ -40,9 +41,20 @@ impl Drop for Api {
     }
 }
 
-fn pipeline(api_port: u16, ws_port: u16) -> String {
+fn pipeline(api_port: u16, ws_port: u16, coap_port: u16) -> String {
     format!(
         r#"
+[sources.efento]
+type = "coap"
+listen = "127.0.0.1:{coap_port}"
+
+[[flows]]
+name = "efento"
+from = ["efento"]
+stages = [{{ type = "decode", codec = "efento" }}]
+to = ["telemetry"]
+dead_letter = "rejects"
+
 [api]
 listen = "127.0.0.1:{api_port}"
 token_env = "SENSORGATE_API_TOKEN"
@@ -82,7 +94,11 @@ impl Api {
     async fn start(dir: &Path) -> Api {
         let pipeline_path = dir.join("pipeline.toml");
         if !pipeline_path.exists() {
-            let toml = pipeline(common::free_tcp_port(), common::free_tcp_port());
+            let toml = pipeline(
+                common::free_tcp_port(),
+                common::free_tcp_port(),
+                common::free_udp_port(),
+            );
             std::fs::write(&pipeline_path, toml).unwrap();
             // The seed holds another device: the one under test is onboarded through the API.
             std::fs::write(
@@ -104,6 +120,7 @@ impl Api {
         };
         let api_port = port("listen", "[api]");
         let ws_port = port("listen", "[sources.gateways]");
+        let coap_port = port("listen", "[sources.efento]");
         let (child, log) = common::spawn_run_env(
             dir,
             &[
@@ -116,6 +133,7 @@ impl Api {
             log,
             base: format!("http://127.0.0.1:{api_port}"),
             gateways: format!("127.0.0.1:{ws_port}").parse().unwrap(),
+            coap: format!("127.0.0.1:{coap_port}").parse().unwrap(),
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
@@ -477,9 +495,21 @@ async fn the_openapi_document_validates_and_every_route_in_it_answers() {
         "GET /api/v1/devices/{id}",
         "PUT /api/v1/devices/{id}",
         "DELETE /api/v1/devices/{id}",
+        "GET /api/v1/telemetry",
+        "GET /api/v1/telemetry/{id}",
+        "GET /api/v1/gateways",
+        "GET /api/v1/downlinks/{id}",
+        "POST /api/v1/downlinks/{id}",
     ];
     expected.sort();
     assert_eq!(listed, expected);
+
+    // A record of a device goes by first, so that its telemetry exists.
+    api.send_telegrams(TELEGRAM, 1).await;
+    wait_for("a telemetry record", &api, || {
+        !lines(&dir.path().join("telemetry.jsonl")).is_empty()
+    })
+    .await;
 
     // Each documented operation is served (not the 404 of an unknown route, not a 405), in an
     // order that leaves the device there for the next call.
@@ -495,15 +525,28 @@ async fn the_openapi_document_validates_and_every_route_in_it_answers() {
         "GET /metrics",
         "GET /openapi.json",
         "GET /docs",
+        "GET /api/v1/telemetry",
+        "GET /api/v1/telemetry/{id}",
+        "GET /api/v1/gateways",
+        "POST /api/v1/downlinks/{id}",
+        "GET /api/v1/downlinks/{id}",
     ];
+    assert_eq!(order.len(), expected.len());
     for operation in order {
         let (method, path) = operation.split_once(' ').unwrap();
-        let path = path.replace("{id}", "room-7-meter");
-        let body = if method == "POST" {
-            json!([{ "id": "room-7-meter", "location": "restored" }])
+        let id = if path.starts_with("/api/v1/telemetry") {
+            SENDER
+        } else if path.starts_with("/api/v1/downlinks") {
+            "282C024156AF"
         } else {
-            json!({ "location": "hall" })
+            "room-7-meter"
         };
+        let body = match path {
+            "/api/v1/devices/restore" => json!([{ "id": "room-7-meter", "location": "restored" }]),
+            "/api/v1/downlinks/{id}" => json!({ "transmission_interval": 600 }),
+            _ => json!({ "location": "hall" }),
+        };
+        let path = path.replace("{id}", id);
         let response = api
             .authed(method.parse().unwrap(), &path)
             .json(&body)
@@ -604,4 +647,111 @@ print(json.dumps(out))
         2.0
     );
     assert!(text.contains("# TYPE esp3_frames_total counter"), "{text}");
+}
+
+/// coap-client-notls posting `payload` to `path` of the pipeline's CoAP source: (code, answer).
+async fn coap_post(api: &Api, path: &str, payload: Vec<u8>, dir: &Path) -> (String, Vec<u8>) {
+    let uri = format!("coap://{}/{path}", api.coap);
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        common::coap_client("post", &uri, Some(&payload), &dir).expect("coap-client-notls")
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configuration_change_queued_over_the_api_rides_in_the_next_ack_and_is_confirmed() {
+    use prost::Message as _;
+    use sensorgate::codecs::efento::proto::ProtoConfig;
+    if common::peer("coap-client-notls").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let api = Api::start(dir.path()).await;
+    let serial = "282C024156AF";
+    let post = |path: &str, body: Value| api.authed(reqwest::Method::POST, path).json(&body).send();
+    for (path, body, why) in [
+        (
+            "/api/v1/downlinks/nope",
+            json!({ "transmission_interval": 600 }),
+            "not an Efento serial",
+        ),
+        (
+            "/api/v1/downlinks/282C024156AF",
+            json!({ "no_such_field": 1 }),
+            "no_such_field",
+        ),
+        (
+            "/api/v1/downlinks/282C024156AF",
+            json!([1]),
+            "a JSON object",
+        ),
+    ] {
+        let r = post(path, body).await.unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        let text = r.text().await.unwrap();
+        assert!(text.contains(why), "{text}");
+    }
+    let r = post(
+        "/api/v1/downlinks/282c024156af",
+        json!({ "measurement_period_base": 120 }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 202);
+    let queued: Value = r.json().await.unwrap();
+    assert_eq!(queued["status"], "pending", "{queued}");
+    assert_eq!(queued["fields"]["measurement_period_base"], 120, "{queued}");
+    let status = || async {
+        let r = api
+            .authed(reqwest::Method::GET, "/api/v1/downlinks/282C024156AF")
+            .send()
+            .await
+            .unwrap();
+        let changes: Value = r.json().await.unwrap();
+        changes[0].clone()
+    };
+
+    // The sensor's next confirmable /m: its ACK carries the new period.
+    let frame = common::vector_bytes("efento", "m00_seed_open_close");
+    let (code, answer) = coap_post(&api, "m", frame, dir.path()).await;
+    assert_eq!(code, "2.01", "log:\n{}", api.log());
+    let ack = ProtoConfig::decode(answer.as_slice()).unwrap();
+    assert_eq!(ack.measurement_period_base, 120);
+    assert!(ack.current_time > 0);
+    assert_eq!(status().await["status"], "sent");
+
+    // Its latest values are on the API now.
+    let r = api
+        .authed(
+            reqwest::Method::GET,
+            &format!("/api/v1/telemetry/{}", serial.to_lowercase()),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let view: Value = r.json().await.unwrap();
+    assert_eq!(view["device"], serial, "{view}");
+    assert_eq!(view["records"], 1, "{view}");
+    assert!(!view["latest"].as_object().unwrap().is_empty(), "{view}");
+
+    // Its configuration report with the old period leaves the change sent; with the new, confirmed.
+    let report = |period: u32| {
+        ProtoConfig {
+            serial_number: hex::decode(serial).unwrap(),
+            measurement_period_base: period,
+            ..Default::default()
+        }
+        .encode_to_vec()
+    };
+    let (code, _) = coap_post(&api, "c", report(60), dir.path()).await;
+    assert_eq!(code, "2.01");
+    assert_eq!(status().await["status"], "sent");
+    let (code, _) = coap_post(&api, "c", report(120), dir.path()).await;
+    assert_eq!(code, "2.01");
+    let change = status().await;
+    assert_eq!(change["status"], "confirmed", "{change}");
+    assert_eq!(change["confirmed_by"], "configuration", "{change}");
 }

@@ -25,6 +25,8 @@ use axum::routing::{MethodRouter, delete, get, post, put};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::downlink::Downlinks;
+use crate::live::Live;
 use crate::metrics;
 use crate::registry::Registry;
 use auth::Credentials;
@@ -40,7 +42,14 @@ struct AppState {
     credentials: Arc<Credentials>,
     ready: Arc<AtomicBool>,
     shutdown: CancellationToken,
+    /// What the flows saw go by: latest values, gateways.
+    live: Arc<Live>,
+    /// Efento configuration changes, delivered in the ACKs of the CoAP source.
+    downlinks: Downlinks,
 }
+
+/// Records kept in brief per device for `GET /api/v1/telemetry/{id}`.
+const RECENT_PER_DEVICE: usize = 10;
 
 /// The API, bound and with its store open, not serving yet.
 pub struct Api {
@@ -93,9 +102,22 @@ impl Api {
                 credentials: Arc::new(credentials),
                 ready: Arc::new(AtomicBool::new(false)),
                 shutdown,
+                live: Live::new(RECENT_PER_DEVICE),
+                downlinks: Downlinks::new(),
             },
             listener,
         })
+    }
+
+    /// The live view the flows feed (latest values, gateways, the tap).
+    pub fn live(&self) -> Arc<Live> {
+        self.state.live.clone()
+    }
+
+    /// Queues configuration changes into the pipeline's downlinks (those its CoAP sources answer from).
+    pub fn with_downlinks(mut self, downlinks: Downlinks) -> Self {
+        self.state.downlinks = downlinks;
+        self
     }
 
     /// The device registry the stages read with `registry = "api"`.
@@ -146,6 +168,11 @@ fn routes() -> Vec<(&'static str, Method, MethodRouter<AppState>)> {
             Method::DELETE,
             delete(delete_device),
         ),
+        ("/api/v1/telemetry", Method::GET, get(list_telemetry)),
+        ("/api/v1/telemetry/{id}", Method::GET, get(device_telemetry)),
+        ("/api/v1/gateways", Method::GET, get(list_gateways)),
+        ("/api/v1/downlinks/{id}", Method::GET, get(list_downlinks)),
+        ("/api/v1/downlinks/{id}", Method::POST, post(queue_downlink)),
     ]
 }
 
@@ -263,6 +290,67 @@ fn unreadable(rejection: axum::extract::rejection::BytesRejection) -> ApiError {
         status: rejection.status(),
         message: format!("body: {}", rejection.body_text()),
     }
+}
+
+/// Every device the flows have seen, most recently heard first: last values and when.
+async fn list_telemetry(State(state): State<AppState>) -> axum::Json<serde_json::Value> {
+    axum::Json(json!(state.live.devices()))
+}
+
+/// One device's latest value per reading key and its last records in brief. Ids match in any case.
+async fn device_telemetry(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    [id.clone(), id.to_ascii_uppercase(), id.to_ascii_lowercase()]
+        .iter()
+        .find_map(|candidate| state.live.device(candidate))
+        .map(|view| axum::Json(json!(view)))
+        .ok_or_else(|| ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: format!("no record of device `{id}` has gone by since the start"),
+        })
+}
+
+async fn list_gateways(State(state): State<AppState>) -> axum::Json<serde_json::Value> {
+    axum::Json(json!(state.live.gateways()))
+}
+
+/// The configuration changes of an Efento serial and what became of each.
+async fn list_downlinks(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> axum::Json<serde_json::Value> {
+    axum::Json(json!(state.downlinks.changes(&id)))
+}
+
+/// Queues a configuration change for an Efento serial: it goes out in the ACK of the device's next
+/// confirmable request. Answers 202 with the change and its status.
+async fn queue_downlink(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(unreadable)?;
+    if id.len() != 12 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::bad_request(format!(
+            "`{id}` is not an Efento serial (12 hex digits)"
+        )));
+    }
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("body: not JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request(
+            "body: a JSON object of ProtoConfig fields, e.g. {\"measurement_period_base\": 120}",
+        ));
+    }
+    let change = crate::codecs::efento::config_from_json(&value)
+        .map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
+    let queued = state.downlinks.enqueue(&id, change);
+    metrics::counter("api_downlinks_queued_total", &[]).inc();
+    tracing::info!(serial = %id.to_ascii_uppercase(), change = queued, "configuration change queued");
+    let change = state.downlinks.change(queued);
+    Ok((StatusCode::ACCEPTED, axum::Json(json!(change))).into_response())
 }
 
 async fn health() -> &'static str {

@@ -156,8 +156,83 @@ pub fn document() -> Value {
                     "security": secured(),
                     "responses": {
                         "204": { "description": "Removed" },
-                        "401": unauthorized,
+                        "401": unauthorized.clone(),
                         "404": not_found
+                    }
+                }
+            },
+            "/api/v1/telemetry": { "get": {
+                "operationId": "listTelemetry",
+                "summary": "Every device the flows have seen since the start, most recently heard first, with its latest value per reading key",
+                "security": secured(),
+                "responses": {
+                    "200": json_response("The devices", json!({ "type": "array", "items": { "$ref": "#/components/schemas/DeviceTelemetry" } })),
+                    "401": unauthorized.clone()
+                }
+            }},
+            "/api/v1/telemetry/{id}": {
+                "parameters": [id_parameter()],
+                "get": {
+                    "operationId": "getTelemetry",
+                    "summary": "One device's latest value and time per reading key, its last gateway and RSSI, and its last records in brief",
+                    "security": secured(),
+                    "responses": {
+                        "200": json_response("The device", json!({ "$ref": "#/components/schemas/DeviceTelemetry" })),
+                        "401": unauthorized.clone(),
+                        "404": error_response("No record of this device has gone by since the start")
+                    }
+                }
+            },
+            "/api/v1/gateways": { "get": {
+                "operationId": "listGateways",
+                "summary": "Every gateway heard since the start: last seen, records relayed, distinct devices",
+                "security": secured(),
+                "responses": {
+                    "200": json_response("The gateways", json!({ "type": "array", "items": {
+                        "type": "object",
+                        "properties": {
+                            "gateway": { "type": "string" },
+                            "last_seen": { "type": "integer", "description": "Unix milliseconds" },
+                            "records": { "type": "integer" },
+                            "devices": { "type": "integer" }
+                        }
+                    } })),
+                    "401": unauthorized.clone()
+                }
+            }},
+            "/api/v1/downlinks/{id}": {
+                "parameters": [{
+                    "name": "id",
+                    "in": "path",
+                    "required": true,
+                    "description": "Efento serial, 12 hex digits, any case",
+                    "schema": { "type": "string" }
+                }],
+                "get": {
+                    "operationId": "listDownlinks",
+                    "summary": "The configuration changes queued for a serial and what became of each (pending, sent, confirmed)",
+                    "security": secured(),
+                    "responses": {
+                        "200": json_response("The changes, oldest first", json!({ "type": "array", "items": { "$ref": "#/components/schemas/Downlink" } })),
+                        "401": unauthorized.clone()
+                    }
+                },
+                "post": {
+                    "operationId": "queueDownlink",
+                    "summary": "Queues a configuration change; it goes out in the ACK of the device's next confirmable request",
+                    "security": secured(),
+                    "requestBody": {
+                        "required": true,
+                        "content": { "application/json": { "schema": {
+                            "type": "object",
+                            "description": "ProtoConfig fields by their /c document names, e.g. {\"measurement_period_base\": 120, \"transmission_interval\": 600}",
+                            "additionalProperties": true
+                        } } }
+                    },
+                    "responses": {
+                        "202": json_response("Queued", json!({ "$ref": "#/components/schemas/Downlink" })),
+                        "400": bad_request,
+                        "401": unauthorized
                     }
                 }
             }
@@ -168,6 +243,42 @@ pub fn document() -> Value {
                 "basicAuth": { "type": "http", "scheme": "basic", "description": "user:password from the variable [api] basic_env names" }
             },
             "schemas": {
+                "DeviceTelemetry": {
+                    "type": "object",
+                    "properties": {
+                        "device": { "type": "string" },
+                        "last_seen": { "type": "integer", "description": "Unix milliseconds" },
+                        "records": { "type": "integer" },
+                        "gateway": { "type": "string" },
+                        "rssi": { "type": "integer" },
+                        "latest": {
+                            "type": "object",
+                            "description": "By reading key (key/channel for devices with channels)",
+                            "additionalProperties": {
+                                "type": "object",
+                                "properties": {
+                                    "value": {},
+                                    "ts": { "type": "integer", "description": "Unix seconds" },
+                                    "unit": { "type": "string" }
+                                }
+                            }
+                        },
+                        "recent": { "type": "array", "items": { "type": "object" } }
+                    }
+                },
+                "Downlink": {
+                    "type": "object",
+                    "properties": {
+                        "id": { "type": "integer" },
+                        "serial": { "type": "string" },
+                        "fields": { "type": "object", "additionalProperties": true },
+                        "status": { "type": "string", "enum": ["pending", "sent", "confirmed"] },
+                        "queued_at": { "type": "integer" },
+                        "sent_at": { "type": "integer", "nullable": true },
+                        "confirmed_at": { "type": "integer", "nullable": true },
+                        "confirmed_by": { "type": "string", "nullable": true, "enum": ["configuration", "configuration_hash", null] }
+                    }
+                },
                 "Error": {
                     "type": "object",
                     "required": ["error"],

@@ -263,6 +263,18 @@ pub fn merge_config(earlier: &mut proto::ProtoConfig, later: &proto::ProtoConfig
     *earlier = merged.unwrap_or_else(|| later.clone());
 }
 
+/// A configuration change written as JSON, the way `/c` documents name ProtoConfig's fields
+/// (`{"measurement_period_base": 120, "transmission_interval": 600}`; protobuf's JSON names such as
+/// `measurementPeriodBase` are accepted too). Unknown fields and wrong types are errors that say
+/// which.
+pub fn config_from_json(value: &Value) -> Result<proto::ProtoConfig, String> {
+    let descriptor = json::message_descriptor("ProtoConfig");
+    let message = prost_reflect::DynamicMessage::deserialize(descriptor, value)
+        .map_err(|e| format!("not a ProtoConfig change: {e}"))?;
+    proto::ProtoConfig::decode(message.encode_to_vec().as_slice())
+        .map_err(|e| format!("not a ProtoConfig change: {e}"))
+}
+
 /// The `/t` answer (section 5): the unix time as 4 bytes, big-endian (vector r03).
 pub fn time_payload(unix_time: u32) -> [u8; 4] {
     unix_time.to_be_bytes()
