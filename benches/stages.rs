@@ -241,12 +241,13 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("live");
     group.throughput(Throughput::Elements(1));
     let live = sensorgate::live::Live::new(10);
+    let flow: std::sync::Arc<str> = std::sync::Arc::from("bench");
     for (name, doc) in [
         ("observe_enocean", &telemetry),
         ("observe_efento", &measurements),
     ] {
         group.bench_function(name, |b| {
-            b.iter(|| live.observe(std::hint::black_box(doc)));
+            b.iter(|| live.observe(&flow, std::hint::black_box(doc)));
         });
     }
     group.finish();

@@ -178,3 +178,40 @@ pub fn plugins_list(dir: &Path, timing: bool, cache: bool) -> Result<String, Str
     }
     Ok(out)
 }
+
+/// `sensorgate tap`: streams the documents a running instance's flows send to their sinks (its
+/// HTTP API's `/api/v1/tap`), one JSON object per line on stdout, until interrupted. `token`: the
+/// API's bearer token, if it needs one.
+pub async fn tap(api: &str, flow: Option<&str>, token: Option<&str>) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let base = api.trim_end_matches('/');
+    let mut url = format!("{base}/api/v1/tap");
+    if let Some(flow) = flow {
+        url.push_str("?flow=");
+        url.push_str(flow);
+    }
+    let client = reqwest::Client::new();
+    let mut request = client.get(&url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let mut response = request.send().await.map_err(|e| {
+        anyhow::anyhow!("cannot reach {url}: {e} (is the instance running with an [api] section?)")
+    })?;
+    if !response.status().is_success() {
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        anyhow::bail!("{url}: {status}: {}", text.trim());
+    }
+    let mut out = std::io::stdout().lock();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| anyhow::anyhow!("{url}: {e}"))?
+    {
+        if out.write_all(&chunk).and_then(|()| out.flush()).is_err() {
+            break; // stdout closed (a pipe into head)
+        }
+    }
+    Ok(())
+}

@@ -80,7 +80,8 @@ struct Inner {
 pub struct Live {
     inner: Mutex<Inner>,
     recent: usize,
-    feed: broadcast::Sender<Arc<str>>,
+    /// (flow, document as JSON text).
+    feed: broadcast::Sender<(Arc<str>, Arc<str>)>,
 }
 
 fn millis(t: SystemTime) -> u64 {
@@ -118,12 +119,12 @@ impl Live {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes note of a record on its way to the sinks.
-    pub fn observe(&self, record: &Record) {
+    /// Takes note of a record of `flow` on its way to the sinks.
+    pub fn observe(&self, flow: &Arc<str>, record: &Record) {
         if self.feed.receiver_count() > 0
             && let Ok(text) = serde_json::to_string(&Document(record))
         {
-            let _ = self.feed.send(Arc::from(text));
+            let _ = self.feed.send((flow.clone(), Arc::from(text)));
         }
         let Some(device) = record.device.as_deref() else {
             return;
@@ -239,9 +240,9 @@ impl Live {
         out
     }
 
-    /// Every record's document from now on, as JSON text. A listener that falls more than
-    /// [`FEED_CAPACITY`] documents behind skips ahead (and learns how many it missed).
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
+    /// Every record's flow and document from now on, as JSON text. A listener that falls more
+    /// than [`FEED_CAPACITY`] documents behind skips ahead (and learns how many it missed).
+    pub fn subscribe(&self) -> broadcast::Receiver<(Arc<str>, Arc<str>)> {
         self.feed.subscribe()
     }
 }
@@ -268,6 +269,10 @@ mod tests {
         }
     }
 
+    fn flow() -> Arc<str> {
+        Arc::from("f")
+    }
+
     fn record(device: &str, gateway: Option<&str>, at_s: u64) -> Record {
         let origin = Origin {
             gateway: gateway.map(Arc::from),
@@ -292,9 +297,9 @@ mod tests {
         ];
         let mut late = record("282C", None, 101);
         late.readings = vec![reading("temperature", Some(1), 40, 19.0)];
-        live.observe(&a);
-        live.observe(&late);
-        live.observe(&record("282C", None, 102));
+        live.observe(&flow(), &a);
+        live.observe(&flow(), &late);
+        live.observe(&flow(), &record("282C", None, 102));
         let view = live.device("282C").unwrap();
         assert_eq!(view.records, 3);
         assert_eq!(view.last_seen, 102_000);
@@ -319,9 +324,9 @@ mod tests {
                 {"value": 3},
             ]}),
         );
-        live.observe(&t);
-        live.observe(&record("0180a1b3", Some("ap-1"), 11));
-        live.observe(&record("0180a1b2", Some("ap-2"), 12));
+        live.observe(&flow(), &t);
+        live.observe(&flow(), &record("0180a1b3", Some("ap-1"), 11));
+        live.observe(&flow(), &record("0180a1b2", Some("ap-2"), 12));
         let view = live.device("0180a1b2").unwrap();
         assert_eq!(view.latest["temperature"].value, 19.92);
         assert_eq!(view.latest["temperature"].unit.as_deref(), Some("°C"));
@@ -346,10 +351,12 @@ mod tests {
     #[test]
     fn the_feed_carries_documents_only_to_listeners() {
         let live = Live::new(0);
-        live.observe(&record("a", None, 1));
+        live.observe(&flow(), &record("a", None, 1));
         let mut rx = live.subscribe();
-        live.observe(&record("b", None, 2));
-        let doc: Value = serde_json::from_str(&rx.try_recv().unwrap()).unwrap();
+        live.observe(&flow(), &record("b", None, 2));
+        let (flow, text) = rx.try_recv().unwrap();
+        assert_eq!(&*flow, "f");
+        let doc: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(doc["device"], "b");
         assert!(
             rx.try_recv().is_err(),

@@ -74,6 +74,18 @@ enum Command {
     },
     /// Print a complete pipeline.toml: every component and option with its default, commented.
     Configfile,
+    /// Stream the records a running instance's flows send to their sinks (through its HTTP API),
+    /// one JSON document per line, until interrupted.
+    Tap {
+        /// Only this flow's records.
+        flow: Option<String>,
+        /// The instance's API address.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        api: String,
+        /// The environment variable that holds the API's bearer token.
+        #[arg(long, default_value = "SENSORGATE_API_TOKEN")]
+        token_env: String,
+    },
     /// Decoder plugins (WebAssembly components).
     Plugins {
         #[command(subcommand)]
@@ -193,6 +205,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Tap {
+            flow,
+            api,
+            token_env,
+        } => {
+            let token = std::env::var(&token_env).ok();
+            run_async(
+                async move { sensorgate::cli::tap(&api, flow.as_deref(), token.as_deref()).await },
+            )
+        }
         Command::Configfile => {
             print_out(sensorgate::cli::CONFIGFILE.trim_end());
             ExitCode::SUCCESS

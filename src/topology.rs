@@ -441,7 +441,7 @@ impl Router {
             return;
         }
         if let Some(live) = &self.live {
-            live.observe(&record);
+            live.observe(&self.name, &record);
         }
         let Some(((_, last), rest)) = self.to.split_last() else {
             record.delivery.delivered();

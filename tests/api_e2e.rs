@@ -500,6 +500,7 @@ async fn the_openapi_document_validates_and_every_route_in_it_answers() {
         "GET /api/v1/gateways",
         "GET /api/v1/downlinks/{id}",
         "POST /api/v1/downlinks/{id}",
+        "GET /api/v1/tap",
     ];
     expected.sort();
     assert_eq!(listed, expected);
@@ -531,7 +532,8 @@ async fn the_openapi_document_validates_and_every_route_in_it_answers() {
         "POST /api/v1/downlinks/{id}",
         "GET /api/v1/downlinks/{id}",
     ];
-    assert_eq!(order.len(), expected.len());
+    // The tap is a stream: `sensorgate_tap_streams_the_records_going_by` reads it.
+    assert_eq!(order.len() + 1, expected.len());
     for operation in order {
         let (method, path) = operation.split_once(' ').unwrap();
         let id = if path.starts_with("/api/v1/telemetry") {
@@ -754,4 +756,54 @@ async fn a_configuration_change_queued_over_the_api_rides_in_the_next_ack_and_is
     let change = status().await;
     assert_eq!(change["status"], "confirmed", "{change}");
     assert_eq!(change["confirmed_by"], "configuration", "{change}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sensorgate_tap_streams_the_records_going_by() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let api = Api::start(dir.path()).await;
+    // Refused without the token.
+    let out = common::sensorgate()
+        .args(["tap", "--api", &api.base, "--token-env", "NO_SUCH_VARIABLE"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{out:?}"
+    );
+
+    let mut tap = common::sensorgate()
+        .args(["tap", "enocean", "--api", &api.base])
+        .env("SENSORGATE_API_TOKEN", TOKEN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = tap.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    // Telegrams until the tap (subscribed once its request arrived) shows one.
+    let mut seen = None;
+    for _ in 0..50 {
+        api.send_telegrams(TELEGRAM, 1).await;
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            seen = Some(line);
+            break;
+        }
+    }
+    let _ = tap.kill();
+    let _ = tap.wait();
+    let line = seen.unwrap_or_else(|| panic!("the tap showed nothing; log:\n{}", api.log()));
+    let doc: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(doc["source"], "gateways", "{doc}");
+    assert_eq!(doc["device"], SENDER, "{doc}");
 }

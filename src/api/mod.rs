@@ -171,6 +171,7 @@ fn routes() -> Vec<(&'static str, Method, MethodRouter<AppState>)> {
         ("/api/v1/telemetry", Method::GET, get(list_telemetry)),
         ("/api/v1/telemetry/{id}", Method::GET, get(device_telemetry)),
         ("/api/v1/gateways", Method::GET, get(list_gateways)),
+        ("/api/v1/tap", Method::GET, get(tap)),
         ("/api/v1/downlinks/{id}", Method::GET, get(list_downlinks)),
         ("/api/v1/downlinks/{id}", Method::POST, post(queue_downlink)),
     ]
@@ -314,6 +315,53 @@ async fn device_telemetry(
 
 async fn list_gateways(State(state): State<AppState>) -> axum::Json<serde_json::Value> {
     axum::Json(json!(state.live.gateways()))
+}
+
+/// Every record's document as it goes to the sinks, one JSON object per line, for as long as the
+/// client reads (`?flow=NAME` for one flow's). A client that falls behind gets `{"skipped": N}`.
+async fn tap(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
+    let flow = query.as_deref().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("flow="))
+            .map(str::to_string)
+    });
+    let rx = state.live.subscribe();
+    let shutdown = state.shutdown.clone();
+    let stream = futures_util::stream::unfold(
+        (rx, flow, shutdown),
+        |(mut rx, flow, shutdown)| async move {
+            loop {
+                let next = tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    next = rx.recv() => next,
+                };
+                let line = match next {
+                    Ok((from, text)) => {
+                        if flow.as_deref().is_some_and(|f| f != &*from) {
+                            continue;
+                        }
+                        format!("{text}\n")
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        format!("{{\"skipped\":{n}}}\n")
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                };
+                return Some((
+                    Ok::<_, std::convert::Infallible>(Bytes::from(line)),
+                    (rx, flow, shutdown),
+                ));
+            }
+        },
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-ndjson"),
+        )],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 /// The configuration changes of an Efento serial and what became of each.

@@ -200,6 +200,22 @@ pub fn document() -> Value {
                     "401": unauthorized.clone()
                 }
             }},
+            "/api/v1/tap": { "get": {
+                "operationId": "tap",
+                "summary": "Every record's document as it goes to the sinks, one JSON object per line, while the client reads (sensorgate tap)",
+                "security": secured(),
+                "parameters": [{
+                    "name": "flow",
+                    "in": "query",
+                    "required": false,
+                    "description": "Only this flow's records",
+                    "schema": { "type": "string" }
+                }],
+                "responses": {
+                    "200": text_response("Documents, one per line; {\"skipped\": N} when the client fell behind", "application/x-ndjson"),
+                    "401": unauthorized.clone()
+                }
+            }},
             "/api/v1/downlinks/{id}": {
                 "parameters": [{
                     "name": "id",
