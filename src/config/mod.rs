@@ -508,15 +508,33 @@ impl<'a> Loader<'a> {
     /// `[api]`: the table, checked (the address parses, the credentials' variables are set, the
     /// seed file loads).
     fn api(&mut self, root: &mut DeTable<'a>) -> Option<ApiConfig> {
-        let value = root.remove("api")?;
+        let env = self.env;
+        self.section(
+            root,
+            "api",
+            "write it as [api] with listen = \"127.0.0.1:8080\"",
+            |c: &ApiConfig| c.problems(env),
+        )
+    }
+
+    /// A top-level table such as `[api]` or `[plugins]`, deserialized; each of its `problems` is
+    /// reported at the key it names (the table's header if none).
+    fn section<T: serde::de::DeserializeOwned>(
+        &mut self,
+        root: &mut DeTable<'a>,
+        name: &str,
+        hint: &str,
+        problems: impl FnOnce(&T) -> Vec<(&'static str, String, String)>,
+    ) -> Option<T> {
+        let value = root.remove(name)?;
         let span = value.span();
         let table = match value.into_inner() {
             DeValue::Table(t) => t,
             other => {
                 self.error(
                     span,
-                    format!("`api` must be a table, found {}", other.type_str()),
-                    Some("write it as [api] with listen = \"127.0.0.1:8080\"".into()),
+                    format!("`{name}` must be a table, found {}", other.type_str()),
+                    Some(hint.into()),
                 );
                 return None;
             }
@@ -525,14 +543,15 @@ impl<'a> Loader<'a> {
             .iter()
             .map(|(k, v)| (k.get_ref().to_string(), v.span()))
             .collect();
-        let config: ApiConfig = self.deserialize("[api]", Spanned::new(span.clone(), table))?;
-        for (key, message, hint) in config.problems(self.env) {
+        let what = format!("[{name}]");
+        let config: T = self.deserialize(&what, Spanned::new(span.clone(), table))?;
+        for (key, message, hint) in problems(&config) {
             let at = spans
                 .iter()
                 .find(|(k, _)| k == key)
                 .map(|(_, s)| s.clone())
                 .unwrap_or_else(|| span.clone());
-            self.error(at, format!("[api]: {message}"), Some(hint));
+            self.error(at, format!("{what}: {message}"), Some(hint));
         }
         Some(config)
     }
@@ -550,34 +569,12 @@ impl<'a> Loader<'a> {
 
     /// `[plugins]`: the table, checked (the directory exists, limits in range).
     fn plugins(&mut self, root: &mut DeTable<'a>) -> Option<PluginsConfig> {
-        let value = root.remove("plugins")?;
-        let span = value.span();
-        let table = match value.into_inner() {
-            DeValue::Table(t) => t,
-            other => {
-                self.error(
-                    span,
-                    format!("`plugins` must be a table, found {}", other.type_str()),
-                    Some("write it as [plugins] with dir = \"plugins/dist\"".into()),
-                );
-                return None;
-            }
-        };
-        let spans: Vec<(String, Range<usize>)> = table
-            .iter()
-            .map(|(k, v)| (k.get_ref().to_string(), v.span()))
-            .collect();
-        let config: PluginsConfig =
-            self.deserialize("[plugins]", Spanned::new(span.clone(), table))?;
-        for (key, message, hint) in config.problems() {
-            let at = spans
-                .iter()
-                .find(|(k, _)| k == key)
-                .map(|(_, s)| s.clone())
-                .unwrap_or_else(|| span.clone());
-            self.error(at, format!("[plugins]: {message}"), Some(hint));
-        }
-        Some(config)
+        self.section(
+            root,
+            "plugins",
+            "write it as [plugins] with dir = \"plugins/dist\"",
+            PluginsConfig::problems,
+        )
     }
 
     /// `[sources.NAME]` tables: (name, span of the name, table with its span).
