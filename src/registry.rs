@@ -177,6 +177,21 @@ pub struct DeviceEntry {
     pub rlc: Option<String>,
     #[serde(default)]
     pub fields: Map<String, Value>,
+    /// HTTP API bodies only (a file giving it is refused): `false` removes a stored key; `true` or
+    /// absent keeps the stored one when no new `key` is given, since a key is never returned.
+    #[serde(default, skip_serializing)]
+    pub security: Option<bool>,
+}
+
+/// Names the device only: the entry may hold a key.
+impl std::fmt::Debug for DeviceEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceEntry")
+            .field("eurid", &self.eurid)
+            .field("serial", &self.serial)
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a registry file could not be used.
@@ -292,6 +307,11 @@ impl DeviceEntry {
     /// every message. The key is never repeated in a message.
     pub fn to_device(&self, at: &str) -> Result<(Device, Option<Warning>), String> {
         let entry = self;
+        if entry.security.is_some() {
+            return Err(format!(
+                "{at}: `security` is what the HTTP API shows for a stored key; here give `key` (or leave it out)"
+            ));
+        }
         let (at, eurid, id) = match (&entry.eurid, &entry.serial, &entry.id) {
             (Some(text), None, None) => {
                 let at = format!("{at} (eurid \"{text}\")");
@@ -583,6 +603,18 @@ rlc = "c0ffee"
 [devices.fields]
 room = "221"
 "#;
+
+    #[test]
+    fn a_file_may_not_say_security_which_only_the_api_answers() {
+        let e = parse(
+            "devices.toml",
+            "[[devices]]\neurid = \"04138bb4\"\nsecurity = true\n",
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("devices[0]: `security`"), "{e}");
+    }
 
     #[test]
     fn a_registry_file_loads_with_normalised_eeps_and_keys() {

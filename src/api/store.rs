@@ -10,43 +10,15 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context as _;
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 
 use crate::registry::{Device, DeviceEntry, Devices, Registry};
 
 /// Device entries by their id in lowercase (`04138bb4`, `282c024156af`, `room-7-meter`).
 const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
 
-/// A device as callers send it: the registry file's keys, plus `security` (`false` removes the key;
-/// `true` or absent keeps the stored one when no new `key` is given, since a key is never returned).
-#[derive(Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeviceBody {
-    #[serde(default, alias = "sourceEurid")]
-    pub eurid: Option<String>,
-    #[serde(default)]
-    pub serial: Option<String>,
-    #[serde(default)]
-    pub id: Option<String>,
-    #[serde(default)]
-    pub eep: Option<String>,
-    #[serde(default, alias = "friendlyID", alias = "friendlyId")]
-    pub friendly_id: String,
-    #[serde(default)]
-    pub location: String,
-    #[serde(default, alias = "customTag")]
-    pub custom_tag: String,
-    #[serde(default)]
-    pub key: Option<String>,
-    #[serde(default)]
-    pub slf: Option<String>,
-    #[serde(default)]
-    pub rlc: Option<String>,
-    #[serde(default)]
-    pub security: Option<bool>,
-    #[serde(default)]
-    pub fields: Map<String, Value>,
-}
+/// A device as callers send it: the registry file's keys, plus `security` (see
+/// [`DeviceEntry::security`]).
+pub type DeviceBody = DeviceEntry;
 
 /// A device as the API shows it: everything but the key material, which shows as `security: true`.
 #[derive(Serialize)]
@@ -59,17 +31,6 @@ pub struct DeviceView {
 impl std::fmt::Debug for DeviceView {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&serde_json::to_string(self).unwrap_or_default())
-    }
-}
-
-/// Names the device only: the body may hold a key.
-impl std::fmt::Debug for DeviceBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeviceBody")
-            .field("eurid", &self.eurid)
-            .field("serial", &self.serial)
-            .field("id", &self.id)
-            .finish_non_exhaustive()
     }
 }
 
@@ -427,17 +388,11 @@ fn resolve(
         },
     };
     let entry = DeviceEntry {
-        eurid: body.eurid,
-        serial: body.serial,
-        id: body.id,
-        eep: body.eep,
-        friendly_id: body.friendly_id,
-        location: body.location,
-        custom_tag: body.custom_tag,
         key,
         slf,
         rlc,
-        fields: body.fields,
+        security: None,
+        ..body
     };
     let (device, warning) = entry.to_device(at).map_err(invalid)?;
     if let Some(w) = warning {
