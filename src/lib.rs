@@ -10,6 +10,7 @@ pub mod config;
 pub mod document;
 pub mod downlink;
 pub mod graph;
+pub mod health;
 pub mod kafka;
 pub mod live;
 pub mod loadgen;

@@ -217,19 +217,27 @@ impl Live {
         self.lock().devices.get(device).cloned()
     }
 
-    /// Every device heard, most recently heard first, without their recent records.
-    pub fn devices(&self) -> Vec<DeviceView> {
+    /// Every device heard (or the `limit` most recently heard), most recently heard first, without
+    /// their recent records.
+    pub fn devices(&self, limit: Option<usize>) -> Vec<DeviceView> {
         let inner = self.lock();
-        let mut out: Vec<DeviceView> = inner
-            .devices
-            .values()
+        let mut order: Vec<&DeviceView> = inner.devices.values().collect();
+        let newest_first = |a: &&DeviceView, b: &&DeviceView| {
+            b.last_seen.cmp(&a.last_seen).then(a.device.cmp(&b.device))
+        };
+        if let Some(limit) = limit.filter(|l| *l < order.len()) {
+            // Only the first `limit` are copied and sorted.
+            order.select_nth_unstable_by(limit, newest_first);
+            order.truncate(limit);
+        }
+        order.sort_by(newest_first);
+        order
+            .into_iter()
             .map(|d| DeviceView {
                 recent: VecDeque::new(),
                 ..d.clone()
             })
-            .collect();
-        out.sort_by(|a, b| b.last_seen.cmp(&a.last_seen).then(a.device.cmp(&b.device)));
-        out
+            .collect()
     }
 
     /// Every gateway heard, by name.
@@ -344,7 +352,7 @@ mod tests {
             ),
             ("ap-1", 2, 2)
         );
-        let devices = live.devices();
+        let devices = live.devices(None);
         assert_eq!(devices[0].device, "0180a1b2", "most recently heard first");
     }
 

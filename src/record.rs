@@ -467,6 +467,8 @@ struct State {
     fate: Option<Arc<AtomicU8>>,
     /// Told the outcome once it is known (e.g. a shared dedupe store marking the key stored).
     watchers: Vec<SettleCallback>,
+    /// Where the time from the token's creation to the outcome goes ([`Delivery::timed`]).
+    timer: Option<(std::time::Instant, crate::metrics::Histogram)>,
 }
 
 type SettleCallback = Box<dyn FnOnce(&Outcome) + Send>;
@@ -501,6 +503,9 @@ impl Drop for Shared {
             }
             for watcher in std::mem::take(&mut state.watchers) {
                 watcher(&outcome);
+            }
+            if let Some((started, histogram)) = state.timer.take() {
+                histogram.observe(started.elapsed());
             }
             let _ = tx.send(outcome);
         }
@@ -579,6 +584,14 @@ impl Delivery {
             },
             rx,
         )
+    }
+
+    /// [`Delivery::new`], with the time from now to the outcome observed in `histogram` (a source's
+    /// acknowledgement latency).
+    pub fn timed(histogram: &crate::metrics::Histogram) -> (Delivery, DeliveryWatch) {
+        let (delivery, watch) = Delivery::new();
+        delivery.with_state(|s| s.timer = Some((std::time::Instant::now(), histogram.clone())));
+        (delivery, watch)
     }
 
     /// A token nobody waits for (e.g. a non-confirmable CoAP request, or tests).

@@ -40,12 +40,23 @@ pub struct Pipeline {
     downlinks: Downlinks,
 }
 
+/// `queue_depth{component=...}`: the records waiting in a component's input channel. The gauge
+/// holds the channel weakly, so that it never keeps a finished component's input open.
+fn queue_depth_gauge(component: &str, tx: &mpsc::Sender<Record>) {
+    let weak = tx.downgrade();
+    metrics::gauge_fn("queue_depth", &[("component", component)], move || {
+        weak.upgrade()
+            .map(|tx| (tx.max_capacity() - tx.capacity()) as f64)
+    });
+}
+
 impl Pipeline {
     /// Starts every component. Fails (with the component's name) if a sink cannot open its destination
     /// or a source cannot bind its address.
     pub async fn start(config: PipelineConfig) -> anyhow::Result<Pipeline> {
         let shutdown = CancellationToken::new();
         let downlinks = Downlinks::new();
+        let health = crate::health::Health::new();
         // Whatever started stops again if a later component fails to start.
         let started = shutdown.clone().drop_guard();
 
@@ -60,7 +71,8 @@ impl Pipeline {
             let api = crate::api::Api::open(c, shutdown.clone())
                 .await
                 .context("[api]")?
-                .with_downlinks(downlinks.clone());
+                .with_downlinks(downlinks.clone())
+                .with_health(health.clone());
             api_addr = Some(api.local_addr()?);
             api_ready = Some(api.readiness());
             api_registry = Some(api.registry());
@@ -75,27 +87,37 @@ impl Pipeline {
         let mut sinks = Vec::new();
         for (name, sink) in &config.sinks {
             let (tx, rx) = mpsc::channel(sink.queue);
+            queue_depth_gauge(&format!("sink `{name}`"), &tx);
+            let component = format!("sink `{name}`");
             let handle = match &sink.kind {
                 SinkKind::Parquet(c) => {
-                    let s = ParquetSink::new(name, c).with_context(|| format!("sink `{name}`"))?;
+                    let s = ParquetSink::new(name, c)
+                        .with_context(|| format!("sink `{name}`"))?
+                        .with_probe(health.probe(&component, None));
                     spawn_component(name, &shutdown, s.run(rx))
                 }
                 SinkKind::JsonLines(c) => {
-                    let s =
-                        JsonLinesSink::new(name, c).with_context(|| format!("sink `{name}`"))?;
+                    let s = JsonLinesSink::new(name, c)
+                        .with_context(|| format!("sink `{name}`"))?
+                        .with_probe(health.probe(&component, None));
                     spawn_component(name, &shutdown, s.run(rx))
                 }
                 SinkKind::Mqtt(c) => {
-                    let s = MqttSink::new(name, c).with_context(|| format!("sink `{name}`"))?;
+                    let s = MqttSink::new(name, c)
+                        .with_context(|| format!("sink `{name}`"))?
+                        .with_probe(health.probe(&component, Some("connecting to the broker")));
                     spawn_component(name, &shutdown, s.run(rx))
                 }
                 SinkKind::Thingworx(c) => {
-                    let s =
-                        ThingworxSink::new(name, c).with_context(|| format!("sink `{name}`"))?;
+                    let s = ThingworxSink::new(name, c)
+                        .with_context(|| format!("sink `{name}`"))?
+                        .with_probe(health.probe(&component, Some("checking the server")));
                     spawn_component(name, &shutdown, s.run(rx))
                 }
                 SinkKind::Kafka(c) => {
-                    let s = KafkaSink::new(name, c).with_context(|| format!("sink `{name}`"))?;
+                    let s = KafkaSink::new(name, c)
+                        .with_context(|| format!("sink `{name}`"))?
+                        .with_probe(health.probe(&component, Some("connecting to the brokers")));
                     spawn_component(name, &shutdown, s.run(rx))
                 }
             };
@@ -119,6 +141,7 @@ impl Pipeline {
         let mut flows = Vec::new();
         for flow in &config.flows {
             let (tx, rx) = mpsc::channel(flow.queue);
+            queue_depth_gauge(&format!("flow `{}`", flow.name), &tx);
             for source in &flow.from {
                 flow_inputs
                     .entry(source.clone())
@@ -151,7 +174,13 @@ impl Pipeline {
                         Ok((Some(s.local_addr()?), Box::pin(s.run(token)) as SourceTask))
                     }),
                 SourceKind::Mqtt(c) => MqttSource::new(name, c, inputs)
-                    .map(|s| (None, Box::pin(s.run(token)) as SourceTask))
+                    .map(|s| {
+                        let probe = health.probe(
+                            &format!("source `{name}`"),
+                            Some("connecting to the broker"),
+                        );
+                        (None, Box::pin(s.with_probe(probe).run(token)) as SourceTask)
+                    })
                     .map_err(|e| e.context(format!("source `{name}`"))),
                 SourceKind::Kafka(c) => KafkaSource::new(name, c, inputs)
                     .map(|s| (None, Box::pin(s.run(token)) as SourceTask))
@@ -170,6 +199,8 @@ impl Pipeline {
             };
             if let Some(address) = address {
                 addresses.insert(name.clone(), address);
+                // Bound: listening from here on.
+                health.probe(&format!("source `{name}` ({address})"), None);
             }
             sources.push((
                 format!("source `{name}`"),

@@ -26,6 +26,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::downlink::Downlinks;
+use crate::health::Health;
 use crate::live::Live;
 use crate::metrics;
 use crate::registry::Registry;
@@ -46,6 +47,8 @@ struct AppState {
     live: Arc<Live>,
     /// Efento configuration changes, delivered in the ACKs of the CoAP source.
     downlinks: Downlinks,
+    /// Whether each source listens or is connected, and each sink is connected.
+    health: Arc<Health>,
 }
 
 /// Records kept in brief per device for `GET /api/v1/telemetry/{id}`.
@@ -104,6 +107,7 @@ impl Api {
                 shutdown,
                 live: Live::new(RECENT_PER_DEVICE),
                 downlinks: Downlinks::new(),
+                health: Health::new(),
             },
             listener,
         })
@@ -117,6 +121,12 @@ impl Api {
     /// Queues configuration changes into the pipeline's downlinks (those its CoAP sources answer from).
     pub fn with_downlinks(mut self, downlinks: Downlinks) -> Self {
         self.state.downlinks = downlinks;
+        self
+    }
+
+    /// `/ready` answers 200 only while every component of `health` is up.
+    pub fn with_health(mut self, health: Arc<Health>) -> Self {
+        self.state.health = health;
         self
     }
 
@@ -154,6 +164,7 @@ fn routes() -> Vec<(&'static str, Method, MethodRouter<AppState>)> {
         ("/metrics", Method::GET, get(metrics_text)),
         ("/openapi.json", Method::GET, get(openapi_json)),
         ("/docs", Method::GET, get(docs)),
+        ("/live", Method::GET, get(live_page)),
         ("/api/v1/devices", Method::GET, get(list_devices)),
         ("/api/v1/devices/backup", Method::GET, get(backup_devices)),
         (
@@ -293,9 +304,35 @@ fn unreadable(rejection: axum::extract::rejection::BytesRejection) -> ApiError {
     }
 }
 
-/// Every device the flows have seen, most recently heard first: last values and when.
-async fn list_telemetry(State(state): State<AppState>) -> axum::Json<serde_json::Value> {
-    axum::Json(json!(state.live.devices()))
+/// Every device the flows have seen (`?limit=N`: the N most recently heard), most recently heard
+/// first: last values and when.
+async fn list_telemetry(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let mut limit = None;
+    for pair in query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=') {
+            Some(("limit", n)) => {
+                limit = Some(n.parse::<usize>().map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "limit={n}: give a count of devices, e.g. limit=100"
+                    ))
+                })?);
+            }
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter `{pair}`; the only one is limit=N"
+                )));
+            }
+        }
+    }
+    Ok(axum::Json(json!(state.live.devices(limit))))
 }
 
 /// One device's latest value per reading key and its last records in brief. Ids match in any case.
@@ -405,14 +442,26 @@ async fn health() -> &'static str {
     "ok\n"
 }
 
+/// 200 once the pipeline runs and while every source listens or is connected and every sink is
+/// connected (or writing); 503 otherwise. The body lists each component and why it is not ready.
 async fn ready(State(state): State<AppState>) -> Response {
-    let ready = state.ready.load(Ordering::Acquire) && !state.shutdown.is_cancelled();
+    let started = state.ready.load(Ordering::Acquire) && !state.shutdown.is_cancelled();
+    let components = state.health.report();
+    let ready = started && components.iter().all(|c| c.up);
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, axum::Json(json!({ "ready": ready }))).into_response()
+    let mut body = json!({ "ready": ready, "components": components });
+    if !started {
+        body["detail"] = json!(if state.shutdown.is_cancelled() {
+            "shutting down"
+        } else {
+            "starting"
+        });
+    }
+    (status, axum::Json(body)).into_response()
 }
 
 async fn metrics_text() -> Response {
@@ -432,6 +481,12 @@ async fn openapi_json() -> axum::Json<serde_json::Value> {
 
 async fn docs() -> Html<&'static str> {
     Html(include_str!("docs.html"))
+}
+
+/// The live page: devices with last seen, last values and RSSI, gateways with their counters. It
+/// holds no data; its script reads the telemetry routes with the credentials the user gives.
+async fn live_page() -> Html<&'static str> {
+    Html(include_str!("live.html"))
 }
 
 async fn list_devices(State(state): State<AppState>) -> Response {

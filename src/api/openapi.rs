@@ -61,7 +61,7 @@ pub fn document() -> Value {
             }},
             "/ready": { "get": {
                 "operationId": "ready",
-                "summary": "Readiness: 200 once every source listens and the pipeline runs, 503 before and while stopping",
+                "summary": "Readiness: 200 while the pipeline runs, every source listens or is connected to its broker and every sink is connected (or writing); 503 otherwise, listing each component",
                 "responses": {
                     "200": json_response("Ready", json!({ "$ref": "#/components/schemas/Readiness" })),
                     "503": json_response("Not ready", json!({ "$ref": "#/components/schemas/Readiness" }))
@@ -69,8 +69,8 @@ pub fn document() -> Value {
             }},
             "/metrics": { "get": {
                 "operationId": "metrics",
-                "summary": "Every counter in the Prometheus text exposition format (0.0.4)",
-                "responses": { "200": text_response("Counters", "text/plain") }
+                "summary": "Counters, gauges (queue_depth, component_up) and latency histograms (component_latency_seconds: reception to durable in a sink; source_ack_latency_seconds: reception to the outcome a source acknowledges) in the Prometheus text exposition format (0.0.4)",
+                "responses": { "200": text_response("Metrics", "text/plain") }
             }},
             "/openapi.json": { "get": {
                 "operationId": "openapi",
@@ -80,6 +80,11 @@ pub fn document() -> Value {
             "/docs": { "get": {
                 "operationId": "docs",
                 "summary": "A page that lists the routes and schemas of this document",
+                "responses": { "200": text_response("HTML", "text/html") }
+            }},
+            "/live": { "get": {
+                "operationId": "livePage",
+                "summary": "A page that lists devices (last seen, last values, RSSI) and gateways (records, devices), refreshing itself every 2 s; open it as /live#token=TOKEN (or #basic=user:password), or give the credentials in its form",
                 "responses": { "200": text_response("HTML", "text/html") }
             }},
             "/api/v1/devices": { "get": {
@@ -165,8 +170,14 @@ pub fn document() -> Value {
                 "operationId": "listTelemetry",
                 "summary": "Every device the flows have seen since the start, most recently heard first, with its latest value per reading key",
                 "security": secured(),
+                "parameters": [{
+                    "name": "limit", "in": "query", "required": false,
+                    "description": "Only the N most recently heard devices",
+                    "schema": { "type": "integer", "minimum": 0 }
+                }],
                 "responses": {
                     "200": json_response("The devices", json!({ "type": "array", "items": { "$ref": "#/components/schemas/DeviceTelemetry" } })),
+                    "400": bad_request.clone(),
                     "401": unauthorized.clone()
                 }
             }},
@@ -302,8 +313,20 @@ pub fn document() -> Value {
                 },
                 "Readiness": {
                     "type": "object",
-                    "required": ["ready"],
-                    "properties": { "ready": { "type": "boolean" } }
+                    "required": ["ready", "components"],
+                    "properties": {
+                        "ready": { "type": "boolean" },
+                        "detail": { "type": "string", "enum": ["starting", "shutting down"], "description": "Present while the pipeline is not running" },
+                        "components": { "type": "array", "items": {
+                            "type": "object",
+                            "required": ["component", "up"],
+                            "properties": {
+                                "component": { "type": "string", "description": "e.g. sink `kafka`, source `efento` (0.0.0.0:5683)" },
+                                "up": { "type": "boolean" },
+                                "detail": { "type": "string", "description": "Why it is not up" }
+                            }
+                        } }
+                    }
                 },
                 "RestoreSummary": {
                     "type": "object",

@@ -49,6 +49,12 @@ pub struct JsonLinesSink {
 }
 
 impl JsonLinesSink {
+    /// Reports whether writes succeed (down after a failed write, up after the next good one).
+    pub fn with_probe(mut self, probe: crate::health::Probe) -> Self {
+        self.writer.counters.probe = probe;
+        self
+    }
+
     /// Opens the file (creating it and its parent directories) so that a wrong path shows at start.
     /// Errors name the path.
     pub fn new(name: &str, config: &JsonLinesConfig) -> anyhow::Result<Self> {
@@ -139,6 +145,7 @@ impl LineWriter {
                 let reason = format!("json lines write to {} failed: {error}", self.describe());
                 tracing::warn!(sink = %self.name, path = %self.describe(), %error, records = records.len(), "json lines write failed; its records are settled as failed");
                 self.counters.errors.inc();
+                self.counters.probe.down(&reason);
                 self.counters.failed(records.iter_mut(), &reason);
             }
         }

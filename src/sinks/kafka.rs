@@ -222,6 +222,15 @@ impl KafkaSinkConfig {
     }
 }
 
+/// A task aborted when this handle goes.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The Kafka sink (see the module docs).
 pub struct KafkaSink {
     name: Arc<str>,
@@ -266,6 +275,37 @@ impl KafkaSink {
             format: config.format,
             counters: SinkCounters::new(name, "produce"),
         })
+    }
+
+    /// Reports whether the brokers answer (down until they first do, and after a failed delivery).
+    pub fn with_probe(mut self, probe: crate::health::Probe) -> Self {
+        self.counters.probe = probe;
+        self
+    }
+
+    /// Asks the brokers for metadata every few seconds for the readiness probe: a producer with
+    /// nothing to send would not notice otherwise. Ends when the returned handle is dropped.
+    fn watch_brokers(&self) -> AbortOnDrop {
+        let producer = self.producer.clone();
+        let probe = self.counters.probe.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            loop {
+                let client = producer.clone();
+                let answer = tokio::task::spawn_blocking(move || {
+                    client
+                        .client()
+                        .fetch_metadata(None, Duration::from_secs(3))
+                        .map(|m| m.brokers().len())
+                })
+                .await;
+                match answer {
+                    Ok(Ok(_)) => probe.up(),
+                    Ok(Err(e)) => probe.down(&format!("the Kafka brokers do not answer: {e}")),
+                    Err(_) => return,
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }))
     }
 
     fn prepare(&self, record: &Record) -> Result<Message, String> {
@@ -336,6 +376,7 @@ impl KafkaSink {
     pub async fn run(mut self, mut rx: Receiver<Record>) -> anyhow::Result<()> {
         let mut pending: JoinSet<()> = JoinSet::new();
         let broken = Arc::new(AtomicBool::new(false));
+        let _watch = self.watch_brokers();
         while let Some(mut record) = rx.recv().await {
             // Settled reports free their tasks.
             while pending.try_join_next().is_some() {}
@@ -350,6 +391,7 @@ impl KafkaSink {
                 }
             };
             let delivery = std::mem::replace(&mut record.delivery, Delivery::detached());
+            let received_at = record.received_at;
             drop(record);
             let headers = self.headers(&message);
             let future = loop {
@@ -386,11 +428,14 @@ impl KafkaSink {
                 match future.await {
                     Ok(Ok(_)) => {
                         delivery.delivered();
+                        counters.observe(received_at, std::time::SystemTime::now());
+                        counters.probe.up();
                         counters.sent_events.inc();
                         counters.sent_bytes.add(size);
                     }
                     Ok(Err((e, _))) => {
                         tracing::warn!(sink = %name, error = %e, "Kafka delivery failed");
+                        counters.probe.down(&format!("a delivery failed: {e}"));
                         counters.errors.inc();
                         counters.failed_events.inc();
                         delivery.failed(format!("Kafka sink `{name}`: {e}"));

@@ -8,19 +8,26 @@ pub mod parquet;
 pub mod template;
 pub mod thingworx;
 
-use crate::metrics::{self, Counter};
+use std::time::SystemTime;
+
+use crate::health::Probe;
+use crate::metrics::{self, Counter, Histogram};
 use crate::record::{Delivery, Record};
 
 /// The counters every sink keeps, under stable names labelled with the sink's name:
 /// `component_sent_events_total` (records settled delivered), `component_sent_bytes_total` (bytes
 /// stored), `component_failed_events_total` (records settled failed) and
-/// `component_errors_total{error=...}` (failed writes or commits).
+/// `component_errors_total{error=...}` (failed writes or commits), and the histogram
+/// `component_latency_seconds` of the time from a record's reception to its durable write here. The
+/// sink's readiness probe travels with them (see [`crate::health`]).
 #[derive(Clone, Debug)]
 pub(crate) struct SinkCounters {
     pub sent_events: Counter,
     pub sent_bytes: Counter,
     pub failed_events: Counter,
     pub errors: Counter,
+    pub latency: Histogram,
+    pub probe: Probe,
 }
 
 impl SinkCounters {
@@ -35,18 +42,29 @@ impl SinkCounters {
                 "component_errors_total",
                 &[("component", sink), ("error", error)],
             ),
+            latency: metrics::histogram("component_latency_seconds", &labels),
+            probe: Probe::detached(),
         }
+    }
+
+    /// One record received at `received_at` is durable now.
+    pub fn observe(&self, received_at: SystemTime, now: SystemTime) {
+        self.latency
+            .observe(now.duration_since(received_at).unwrap_or_default());
     }
 
     /// Settles every record of a write that is now durable. Only the tokens are taken: the sources hear
     /// back before the records' memory is freed, which for a large commit takes a while.
     pub fn delivered<'a>(&self, records: impl IntoIterator<Item = &'a mut Record>) {
         let mut count = 0;
+        let now = SystemTime::now();
         for record in records {
             take_delivery(record).delivered();
+            self.observe(record.received_at, now);
             count += 1;
         }
         self.sent_events.add(count);
+        self.probe.up();
     }
 
     /// Settles every record of a write that failed, each with the same reason.

@@ -111,6 +111,7 @@ struct Message {
     payload: Bytes,
     delivery: Option<Delivery>,
     deadline: Instant,
+    received_at: std::time::SystemTime,
 }
 
 /// The MQTT sink (see the module docs).
@@ -152,6 +153,12 @@ impl MqttSink {
             },
             counters: SinkCounters::new(name, "publish"),
         })
+    }
+
+    /// Reports the connection to the broker (down until the first CONNACK).
+    pub fn with_probe(mut self, probe: crate::health::Probe) -> Self {
+        self.counters.probe = probe;
+        self
     }
 
     /// The topic of a record, or why it has none.
@@ -215,12 +222,15 @@ impl MqttSink {
             payload: Bytes::from(payload),
             delivery: Some(delivery),
             deadline,
+            received_at: record.received_at,
         })
     }
 
     fn settle_delivered(&self, message: Message) {
         if let Some(d) = message.delivery {
             d.delivered();
+            self.counters
+                .observe(message.received_at, std::time::SystemTime::now());
             self.counters.sent_events.inc();
             self.counters.sent_bytes.add(message.payload.len() as u64);
         }
@@ -305,6 +315,7 @@ impl MqttSink {
                 event = async { conn.as_mut().expect("guarded").events.recv().await }, if conn.is_some() => match event {
                     Some(ConnEvent::Up { .. }) => {
                         tracing::info!(sink = %self.name, "connected to the MQTT broker");
+                        self.counters.probe.up();
                         connected = true;
                         backoff.reset();
                     }
@@ -337,6 +348,7 @@ impl MqttSink {
                 }
             }
             if let Some(reason) = down {
+                self.counters.probe.down(&reason);
                 if connected {
                     tracing::warn!(sink = %self.name, %reason, "MQTT connection lost; unacknowledged publishes go out again on the next connection");
                     self.counters.errors.inc();

@@ -255,6 +255,14 @@ impl ParquetSink {
         })
     }
 
+    /// Reports whether commits succeed (down after a failed one, up after the next good one).
+    pub fn with_probe(mut self, probe: crate::health::Probe) -> Self {
+        if let Some(committer) = Arc::get_mut(&mut self.committer) {
+            committer.counters.probe = probe;
+        }
+        self
+    }
+
     /// Drains `rx` until it closes; commits the last batch before returning.
     pub async fn run(self, mut rx: Receiver<Record>) -> anyhow::Result<()> {
         let mut batch = Batch::default();
@@ -816,10 +824,10 @@ impl Committer {
                     "parquet commit failed; its records are settled as failed"
                 );
                 self.counters.errors.inc();
-                self.counters.failed(
-                    pending.iter_mut().map(|p| &mut p.record),
-                    &error.to_string(),
-                );
+                let reason = error.to_string();
+                self.counters.probe.down(&reason);
+                self.counters
+                    .failed(pending.iter_mut().map(|p| &mut p.record), &reason);
             }
         }
     }

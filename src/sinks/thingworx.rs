@@ -273,6 +273,45 @@ impl ThingworxSink {
 
     /// Sends until `rx` closes.
     pub async fn run(self, mut rx: Receiver<Record>) -> anyhow::Result<()> {
+        let reach = tokio::spawn(self.reach_server());
+        let result = self.drain(&mut rx).await;
+        reach.abort();
+        result
+    }
+
+    /// Reports whether the server answers HTTP: checked with a GET of the base URL at start (any
+    /// answer counts, even 401), again every 5 s while it does not, and by every request after.
+    pub fn with_probe(mut self, probe: crate::health::Probe) -> Self {
+        self.counters.probe = probe;
+        self
+    }
+
+    fn reach_server(&self) -> impl std::future::Future<Output = ()> + use<> {
+        let request = self
+            .client
+            .get(self.base.clone())
+            .header("appKey", self.app_key.clone())
+            .header(ACCEPT, "application/json");
+        let probe = self.counters.probe.clone();
+        let base = self.base.clone();
+        async move {
+            loop {
+                let Some(request) = request.try_clone() else {
+                    return;
+                };
+                match request.timeout(Duration::from_secs(5)).send().await {
+                    Ok(_) => {
+                        probe.up();
+                        return;
+                    }
+                    Err(e) => probe.down(&format!("GET {base}: {}", error_chain(&e))),
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    }
+
+    async fn drain(&self, rx: &mut Receiver<Record>) -> anyhow::Result<()> {
         let max = self.config.max_batch;
         let mut batch = Vec::with_capacity(max);
         loop {
@@ -366,6 +405,7 @@ impl ThingworxSink {
                     return;
                 }
                 Answer::Refused(reason) => {
+                    self.counters.probe.up();
                     tracing::warn!(sink = %self.name, thing, %reason, records = records.len(), "ThingWorx refused a request; its records go to dead letter");
                     self.counters.errors.inc();
                     for record in records {
@@ -375,6 +415,7 @@ impl ThingworxSink {
                 }
                 Answer::Retry(reason) => {
                     self.counters.errors.inc();
+                    self.counters.probe.down(&reason);
                     let wait = backoff.next_wait();
                     if Instant::now() + wait >= deadline {
                         tracing::warn!(sink = %self.name, thing, %reason, "ThingWorx did not accept the records within the deadline");

@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::HumanDuration;
 use crate::downlink::Downlinks;
-use crate::metrics::{self, Counter};
+use crate::metrics::{self, Counter, Histogram};
 use crate::record::{Delivery, DeliveryWatch, Origin, Outcome, Record};
 
 /// `[sources.NAME] type = "coap"`
@@ -327,6 +327,8 @@ struct Counters {
     busy: Counter,
     non_dropped: Counter,
     bad_option: Counter,
+    /// From a confirmable request's arrival to its outcome (the answer waits for it).
+    ack_latency: Histogram,
 }
 
 impl Counters {
@@ -353,6 +355,7 @@ impl Counters {
                 ],
             ),
             bad_option: code("4.02"),
+            ack_latency: metrics::histogram("source_ack_latency_seconds", &[("component", source)]),
         }
     }
 }
@@ -678,7 +681,7 @@ impl CoapSource {
 
         let raw = Bytes::from(std::mem::take(&mut packet.payload));
         let (delivery, watch) = if confirmable {
-            let (d, w) = Delivery::new();
+            let (d, w) = Delivery::timed(&shared.counters.ack_latency);
             (d, Some(w))
         } else {
             (Delivery::detached(), None)

@@ -49,7 +49,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::HumanDuration;
 use crate::kafka::{self, Format};
-use crate::metrics::{self, Counter};
+use crate::metrics::{self, Counter, Histogram};
 use crate::mqtt::Backoff;
 use crate::record::{Delivery, Kind, Origin, Outcome, Record};
 
@@ -443,6 +443,8 @@ struct Counters {
     received: Counter,
     committed: Counter,
     rewinds: Counter,
+    /// From a message's arrival to its outcome (its offset is stored after it).
+    ack_latency: Histogram,
 }
 
 /// The Kafka source (see the module docs).
@@ -496,6 +498,7 @@ impl KafkaSource {
                 received: metrics::counter("component_received_events_total", &labels),
                 committed: metrics::counter("kafka_offsets_stored_total", &source),
                 rewinds: metrics::counter("kafka_rewinds_total", &source),
+                ack_latency: metrics::histogram("source_ack_latency_seconds", &labels),
             },
         })
     }
@@ -613,7 +616,7 @@ impl KafkaSource {
             }
             tracker.push(&tp, offset)
         };
-        let (delivery, _watch) = Delivery::new();
+        let (delivery, _watch) = Delivery::timed(&self.counters.ack_latency);
         let shared = Arc::downgrade(&self.shared);
         let consumer = Arc::downgrade(&self.consumer);
         let rewind_tx = rewind_tx.clone();

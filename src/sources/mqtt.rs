@@ -40,7 +40,8 @@ use rumqttc::{Publish, QoS, SubscribeFilter};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{self, Counter};
+use crate::health::Probe;
+use crate::metrics::{self, Counter, Histogram};
 use crate::mqtt::{ConnEvent, Connection, match_topic, mqtt_component_config};
 use crate::record::{Delivery, DeliveryWatch, Origin, Outcome, Record};
 
@@ -130,6 +131,9 @@ struct Counters {
     acked: Counter,
     unacked: Counter,
     reconnects: Counter,
+    /// From a QoS 1 message's arrival to its outcome (the ack waits for it).
+    ack_latency: Histogram,
+    probe: Probe,
 }
 
 /// The MQTT source (see the module docs).
@@ -150,6 +154,12 @@ struct Pending {
 }
 
 impl MqttSource {
+    /// Reports the connection to the broker (down until the first CONNACK).
+    pub fn with_probe(mut self, probe: Probe) -> Self {
+        self.counters.probe = probe;
+        self
+    }
+
     /// Checks the options (password, TLS files) so that a mistake shows at start.
     pub fn new(
         name: &str,
@@ -177,6 +187,8 @@ impl MqttSource {
                 acked: metrics::counter("mqtt_acked_messages_total", &source),
                 unacked: metrics::counter("mqtt_unacked_messages_total", &source),
                 reconnects: metrics::counter("mqtt_reconnects_total", &source),
+                ack_latency: metrics::histogram("source_ack_latency_seconds", &labels),
+                probe: Probe::detached(),
             },
         })
     }
@@ -240,6 +252,7 @@ impl MqttSource {
                 }
                 event = conn.events.recv() => match event {
                     Some(ConnEvent::Up { session_present }) => {
+                        self.counters.probe.up();
                         connection_id += 1;
                         live = true;
                         // After a broken connection, start the waits again; while records keep
@@ -281,6 +294,7 @@ impl MqttSource {
                     }
                     Some(ConnEvent::Sent(_) | ConnEvent::Acked(_)) => false,
                     Some(ConnEvent::Down(reason)) => {
+                        self.counters.probe.down(&reason);
                         if live {
                             tracing::warn!(source = %self.name, %reason, "MQTT connection lost");
                         } else {
@@ -364,7 +378,7 @@ impl MqttSource {
         let (delivery, pending) = if publish.qos == QoS::AtMostOnce {
             (Delivery::detached(), None)
         } else {
-            let (d, w) = Delivery::new();
+            let (d, w) = Delivery::timed(&self.counters.ack_latency);
             (d, Some(w))
         };
         let record = message_record(
