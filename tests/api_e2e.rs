@@ -649,6 +649,61 @@ print(json.dumps(out))
         2.0
     );
     assert!(text.contains("# TYPE esp3_frames_total counter"), "{text}");
+
+    // Gauges and histograms, as the reference parser reads them.
+    let typed = |name: &str, key: &str, value: &str, kind: &str| -> f64 {
+        let s = families[name]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+            .iter()
+            .find(|s| s["labels"][key] == value)
+            .unwrap_or_else(|| panic!("no {name}{{{key}=\"{value}\"}} in\n{text}"))
+            .clone();
+        assert_eq!(s["type"], kind, "{name}");
+        s["value"].as_f64().unwrap()
+    };
+    // Every record the telemetry sink stored has its reception-to-durable latency observed.
+    let stored = sample("component_sent_events_total", "component", "telemetry");
+    assert!(stored >= SENT as f64);
+    assert_eq!(
+        typed(
+            "component_latency_seconds_count",
+            "component",
+            "telemetry",
+            "histogram"
+        ),
+        stored
+    );
+    let in_bucket = families["component_latency_seconds_bucket"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["labels"]["component"] == "telemetry" && s["labels"]["le"] == "+Inf")
+        .unwrap()["value"]
+        .as_f64()
+        .unwrap();
+    assert_eq!(in_bucket, stored);
+    assert!(
+        typed(
+            "component_latency_seconds_sum",
+            "component",
+            "telemetry",
+            "histogram"
+        ) > 0.0
+    );
+    // Queue depths and readiness per component.
+    assert_eq!(
+        typed("queue_depth", "component", "flow `enocean`", "gauge"),
+        0.0
+    );
+    assert_eq!(
+        typed("queue_depth", "component", "sink `telemetry`", "gauge"),
+        0.0
+    );
+    assert_eq!(
+        typed("component_up", "component", "sink `telemetry`", "gauge"),
+        1.0
+    );
 }
 
 /// coap-client-notls posting `payload` to `path` of the pipeline's CoAP source: (code, answer).
