@@ -44,7 +44,7 @@ pub const DEAD_LETTER: &str = "dead_letter";
 /// Keys of a test file that are not part of the pipeline.
 const TEST_KEYS: &[&str] = &["tests", "pipeline", "registry"];
 /// Keys a pipeline may have at the top level.
-const PIPELINE_KEYS: &[&str] = &["sources", "sinks", "flows", "plugins"];
+const PIPELINE_KEYS: &[&str] = &["sources", "sinks", "flows", "plugins", "api"];
 /// Lines of an actual document shown under a failure.
 const SHOWN_DOCUMENT_LINES: usize = 60;
 /// Characters of one value shown in a mismatch line.
@@ -60,7 +60,8 @@ pub struct TestFile {
 /// One `[[tests]]` entry, ready to run.
 pub struct TestCase {
     pub name: String,
-    /// The flow under test, with the test's registry (if any) put into its esp3 decode stages.
+    /// The flow under test, with the test's registry (if any) put into its esp3 decode stages and into
+    /// every stage that reads the API's store (`registry = "api"`).
     flow: FlowConfig,
     /// The sink name rejected records arrive under: the flow's `dead_letter`, or `dead_letter`.
     dead_letter: String,
@@ -272,7 +273,7 @@ pub fn load_str(path: &Path, text: &str) -> Result<TestFile, String> {
         }
         (Some((_, Some(file))), false) => {
             let pipeline_path = beside(path, file);
-            match config::load_file(&pipeline_path) {
+            match config::load_file_with(&pipeline_path, config::Checks::Test) {
                 Ok((config, _)) => Some(config),
                 Err(report) => {
                     pipeline_report = Some(format!(
@@ -288,7 +289,12 @@ pub fn load_str(path: &Path, text: &str) -> Result<TestFile, String> {
         }
         (None, true) => {
             let env = |name: &str| std::env::var(name).ok();
-            match config::load_str(&shown, &pipeline_text(text, &root), &env) {
+            match config::load_str_with(
+                &shown,
+                &pipeline_text(text, &root),
+                &env,
+                config::Checks::Test,
+            ) {
                 Ok((config, _)) => Some(config),
                 Err(report) => {
                     pipeline_report = Some(report.to_string());
@@ -574,8 +580,49 @@ fn test_case(
         ),
         None => context.registry.cloned(),
     };
+    // Stages that read the HTTP API's store (registry = "api") read, here, the test's registry
+    // file, or else the [api] section's seed: tests run without the API.
+    let reads_api = |r: &Option<PathBuf>| r.as_deref().is_some_and(crate::registry::is_api);
+    let api_stages = flow
+        .stages
+        .iter()
+        .filter(|stage| match stage {
+            StageConfig::Decode(d) => reads_api(&d.registry),
+            StageConfig::Enrich(e) => reads_api(&e.registry),
+            _ => false,
+        })
+        .count();
+    let api_registry = registry
+        .clone()
+        .or_else(|| config.api.as_ref().and_then(|api| api.seed.clone()));
+    match &api_registry {
+        Some(file) => {
+            for stage in &mut flow.stages {
+                match stage {
+                    StageConfig::Decode(d) if reads_api(&d.registry) => {
+                        d.registry = Some(file.clone())
+                    }
+                    StageConfig::Enrich(e) if reads_api(&e.registry) => {
+                        e.registry = Some(file.clone())
+                    }
+                    _ => {}
+                }
+            }
+        }
+        None if api_stages > 0 => {
+            problems.error(
+                context.header.clone(),
+                format!(
+                    "{what}: flow `{}` reads registry = \"api\" (the HTTP API's device store), which `sensorgate test` does not start, and the [api] section has no seed",
+                    flow.name
+                ),
+                Some("give the test a registry file: registry = \"devices.toml\" (relative to this test file), or give [api] a seed".into()),
+            );
+        }
+        None => {}
+    }
     if let Some(registry) = registry {
-        let mut replaced = false;
+        let mut replaced = api_stages > 0;
         for stage in &mut flow.stages {
             if let StageConfig::Decode(decode) = stage
                 && decode.codec == Codec::Esp3
@@ -589,7 +636,7 @@ fn test_case(
             problems.error(
                 written.span(),
                 format!(
-                    "{what}: a registry is given, but flow `{}` has no esp3 decode stage to use it",
+                    "{what}: a registry is given, but flow `{}` has no esp3 decode stage and no stage with registry = \"api\" to use it",
                     flow.name
                 ),
                 Some("remove `registry`, or test a flow with { type = \"decode\", codec = \"esp3\" }".into()),

@@ -17,6 +17,8 @@ fn repo() -> PathBuf {
 fn run_test(args: &[&Path]) -> (Option<i32>, String, String) {
     let out: Output = sensorgate()
         .current_dir(repo())
+        // Tests run flows without the HTTP API: its token need not be set.
+        .env_remove("SENSORGATE_API_TOKEN")
         .arg("test")
         .args(args)
         .output()
@@ -57,6 +59,7 @@ fn every_example_test_file_passes() {
         "enocean.toml",
         "dead_letter.toml",
         "json.toml",
+        "api_registry.toml",
     ] {
         assert!(names.iter().any(|n| n == wanted), "{wanted} in {names:?}");
     }
@@ -201,4 +204,59 @@ fn a_file_that_cannot_be_loaded_does_not_stop_the_others() {
         stdout.ends_with("3 passed, 0 failed; 1 file could not be loaded\n"),
         "{stdout}"
     );
+}
+
+#[test]
+fn a_flow_reading_the_api_store_needs_a_registry_file_or_a_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = r#"
+[api]
+listen = "127.0.0.1:0"
+token_env = "SENSORGATE_API_TOKEN"
+store = "registry.redb"
+
+[sources.gateways]
+type = "esp3_websocket"
+listen = "127.0.0.1:0"
+
+[sinks.out]
+type = "json_lines"
+path = "out.jsonl"
+
+[[flows]]
+name = "enocean"
+from = ["gateways"]
+stages = [{ type = "decode", codec = "esp3", registry = "api" }, { type = "enrich", registry = "api" }]
+to = ["out"]
+"#;
+    let test = r#"
+[[tests]]
+name = "a telegram"
+[[tests.inputs]]
+gateway = "gw-1"
+hex = "55000a0701eba5007d8c0a0180a1b30001ffffffff50004d"
+[[tests.outputs]]
+at = "out"
+kind = "event"
+"#;
+    let file = write(dir.path(), "api.toml", &format!("{pipeline}{test}"));
+    let (code, stdout, stderr) = run_test(&[&file]);
+    assert_eq!(code, Some(2), "{stdout}{stderr}");
+    for wanted in [
+        "flow `enocean` reads registry = \"api\" (the HTTP API's device store), which `sensorgate test` does not start",
+        "give the test a registry file: registry = \"devices.toml\"",
+    ] {
+        assert!(stderr.contains(wanted), "missing {wanted:?} in:\n{stderr}");
+    }
+    // Named, the registry file serves both stages: the device decodes and is enriched.
+    let registry = repo().join("examples/tests/devices.toml");
+    let test = format!(
+        "registry = \"{}\"\n{test}kind = \"telemetry\"\ndocument = {{ meta = {{ friendly_id = \"Climate 3\" }} }}\n",
+        registry.display()
+    )
+    .replace("kind = \"event\"\n", "kind = \"event\"\n[[tests.outputs]]\nat = \"out\"\n");
+    let file = write(dir.path(), "api.toml", &format!("{test}{pipeline}"));
+    let (code, stdout, stderr) = run_test(&[&file]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("1 passed, 0 failed"), "{stdout}");
 }

@@ -267,9 +267,24 @@ impl fmt::Display for Report {
 
 /// Reads and checks a pipeline file. `Err` carries the report when the file has errors (or cannot be read).
 pub fn load_file(path: &Path) -> Result<(PipelineConfig, Report), Report> {
+    load_file_with(path, Checks::Run)
+}
+
+/// What a pipeline is loaded for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checks {
+    /// `sensorgate run` and `validate`: everything.
+    Run,
+    /// `sensorgate test`, which runs flows without the HTTP API: the `[api]` section's credential
+    /// variables need not be set.
+    Test,
+}
+
+/// [`load_file`] for a purpose.
+pub fn load_file_with(path: &Path, checks: Checks) -> Result<(PipelineConfig, Report), Report> {
     let file = path.display().to_string();
     match std::fs::read_to_string(path) {
-        Ok(text) => load_str(&file, &text, &|name| std::env::var(name).ok()),
+        Ok(text) => load_str_with(&file, &text, &|name| std::env::var(name).ok(), checks),
         Err(e) => Err(Report {
             file: file.clone(),
             diagnostics: vec![Diagnostic {
@@ -293,12 +308,23 @@ pub fn load_str(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(PipelineConfig, Report), Report> {
+    load_str_with(file, text, env, Checks::Run)
+}
+
+/// [`load_str`] for a purpose.
+pub fn load_str_with(
+    file: &str,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    checks: Checks,
+) -> Result<(PipelineConfig, Report), Report> {
     let mut loader = Loader {
         text,
         env,
         diagnostics: Vec::new(),
         has_plugins: false,
         has_api: false,
+        checks,
     };
     let config = loader.load();
     let mut diagnostics = loader.diagnostics;
@@ -323,6 +349,7 @@ struct Loader<'a> {
     has_plugins: bool,
     /// Whether the file has an `[api]` section (stages with `registry = "api"` need one).
     has_api: bool,
+    checks: Checks,
 }
 
 /// `[section.NAME]` tables: the name, where it is written, and the table with its span.
@@ -509,11 +536,18 @@ impl<'a> Loader<'a> {
     /// seed file loads).
     fn api(&mut self, root: &mut DeTable<'a>) -> Option<ApiConfig> {
         let env = self.env;
+        let credentials = self.checks == Checks::Run;
         self.section(
             root,
             "api",
             "write it as [api] with listen = \"127.0.0.1:8080\"",
-            |c: &ApiConfig| c.problems(env),
+            |c: &ApiConfig| {
+                let mut problems = c.problems(env);
+                if !credentials {
+                    problems.retain(|(key, ..)| !matches!(*key, "token_env" | "basic_env"));
+                }
+                problems
+            },
         )
     }
 
