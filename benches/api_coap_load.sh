@@ -2,15 +2,18 @@
 # The data path with and without HTTP API load (BENCHMARKS.md, issue 7): the CoAP load pipeline with
 # an [api] section and an enrich stage that reads registry = "api", its devices onboarded with one
 # restore; then the CoAP load run three times, each on a fresh lake (the server restarts; the store
-# keeps the devices): alone, beside paced GET /api/v1/devices/{id} load (RATE/s), and beside GET
-# load as fast as READERS client threads get answers. Client, load generator and server share the machine.
-# Usage: benches/api_coap_load.sh [DEVICES] [SECONDS] [READERS] [RATE]   e.g. benches/api_coap_load.sh 8000 10 4 500
+# keeps the devices): alone, beside paced GET load (RATE/s), and beside GET load as fast as READERS
+# client threads get answers. ROUTE is `telemetry` (GET /api/v1/telemetry/{id}: each device's latest
+# values, the default) or `devices` (GET /api/v1/devices/{id}: the store). Client, load generator and
+# server share the machine.
+# Usage: benches/api_coap_load.sh [DEVICES] [SECONDS] [READERS] [RATE] [ROUTE]   e.g. benches/api_coap_load.sh 8000 10 4 500 telemetry
 set -euo pipefail
 cd "$(dirname "$0")/.."
 devices="${1:-8000}"
 seconds="${2:-10}"
 readers="${3:-4}"
 rate="${4:-500}"
+route="${5:-telemetry}"
 cargo build --release --quiet
 bin="${CARGO_TARGET_DIR:-$PWD/target}/release/sensorgate"
 work="$(mktemp -d)"
@@ -44,7 +47,7 @@ load() {
 }
 getter() {
   python3 scripts/api_bench.py --attach "$api" --seconds "$seconds" --readers "$readers" \
-    --devices "$devices" --id-format '4C47%08X' "$@"
+    --devices "$devices" --id-format '4C47%08X' --route "$route" "$@"
 }
 start
 # The simulated sensors' serials (4C47 + the device index), onboarded in one restore.

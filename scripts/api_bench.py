@@ -141,17 +141,21 @@ to = ["out"]
             proc.wait(30)
 
 
-def attach(base, seconds, readers, id_format, count, rate):
+def attach(base, seconds, readers, id_format, count, rate, route="devices"):
     """GETs of random devices (id_format % index) against a running API for `seconds`; at most
-    `rate` per second in all when rate > 0 (paced, as a dashboard or an operator would call)."""
+    `rate` per second in all when rate > 0 (paced, as a dashboard or an operator would call).
+    `route` is `devices` (GET /api/v1/devices/{id}: the store) or `telemetry` (GET
+    /api/v1/telemetry/{id}: the device's latest values, 404 until a record of it went by)."""
     host, port = base.split("//")[-1].split(":")
     latencies, lock = [], threading.Lock()
+    found = [0]
     stop = time.perf_counter() + seconds
 
     def reader(seed):
         rng = random.Random(seed)
         c = http.client.HTTPConnection(host, int(port), timeout=30)
         mine = []
+        hits = 0
         interval = readers / rate if rate > 0 else 0
         due = time.perf_counter()
         while time.perf_counter() < stop:
@@ -160,14 +164,16 @@ def attach(base, seconds, readers, id_format, count, rate):
                 pause = due - time.perf_counter()
                 if pause > 0:
                     time.sleep(pause)
-            path = "/api/v1/devices/" + id_format % rng.randrange(count)
+            path = f"/api/v1/{route}/" + id_format % rng.randrange(count)
             t = time.perf_counter()
             s, _ = request(c, "GET", path)
             mine.append(time.perf_counter() - t)
-            if s != 200:
+            hits += s == 200
+            if s != 200 and not (route == "telemetry" and s == 404):
                 sys.exit(f"GET {path}: {s}")
         with lock:
             latencies.extend(mine)
+            found[0] += hits
 
     threads = [threading.Thread(target=reader, args=(i,)) for i in range(readers)]
     for t in threads:
@@ -175,7 +181,8 @@ def attach(base, seconds, readers, id_format, count, rate):
     for t in threads:
         t.join()
     latencies.sort()
-    print(f"GET /api/v1/devices/{{id}} x{len(latencies)} in {seconds} s from {readers} threads: "
+    print(f"GET /api/v1/{route}/{{id}} x{len(latencies)} ({found[0]} answered 200) in {seconds} s "
+          f"from {readers} threads: "
           f"p50 {latencies[len(latencies) // 2] * 1000:.2f} ms, "
           f"p99 {latencies[int(len(latencies) * 0.99)] * 1000:.2f} ms, "
           f"{len(latencies) / seconds:.0f} req/s", flush=True)
@@ -188,6 +195,8 @@ def main():
     p.add_argument("--seconds", type=float, default=10)
     p.add_argument("--rate", type=float, default=0, help="with --attach: GETs per second in all (0: as fast as they answer)")
     p.add_argument("--id-format", default="%08x", help="device id from its index, with --attach")
+    p.add_argument("--route", choices=["devices", "telemetry"], default="devices",
+                   help="with --attach: GET /api/v1/devices/{id} or /api/v1/telemetry/{id} (latest values)")
     p.add_argument("--bin", default="target/release/sensorgate")
     p.add_argument("--devices", type=int, default=10000)
     p.add_argument("--runs", type=int, default=3)
@@ -195,7 +204,8 @@ def main():
     p.add_argument("--reads", type=int, default=2000, help="GETs per client thread")
     args = p.parse_args()
     if args.attach:
-        attach(args.attach, args.seconds, args.readers, args.id_format, args.devices, args.rate)
+        attach(args.attach, args.seconds, args.readers, args.id_format, args.devices, args.rate,
+               args.route)
         return
     results = []
     for run in range(args.runs):

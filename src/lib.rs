@@ -3,6 +3,9 @@
 //! `sources` turn frames into [`record::Record`]s, flows run them through `stages`, `sinks` store them,
 //! and every record's delivery token tells its source when it is safe to acknowledge.
 
+// The OpenAPI document is one large `json!` literal.
+#![recursion_limit = "256"]
+
 pub mod api;
 pub mod cli;
 pub mod codecs;

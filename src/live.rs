@@ -9,6 +9,7 @@
 //! the feed only while someone is subscribed.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -16,8 +17,11 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
+use crate::codecs::enocean::engine::Counts;
+use crate::codecs::enocean::id_hex;
 use crate::document::Document;
 use crate::record::{Kind, Reading, ReadingValue, Record};
+use crate::registry::Devices;
 
 /// Documents the feed holds for a slow listener before it skips ahead.
 const FEED_CAPACITY: usize = 1024;
@@ -76,9 +80,69 @@ struct Inner {
     gateways: HashMap<Arc<str>, (GatewayView, std::collections::HashSet<String>)>,
 }
 
+/// One esp3 decode stage's telegram statistics, as it last reported them.
+struct FlowTelegrams {
+    devices: Vec<(u32, Counts)>,
+    gateways: Vec<(String, Counts)>,
+    /// The registry the stage decodes with: the devices' names for the statistics.
+    sensors: Arc<Devices>,
+}
+
+/// A gateway connected to a source now.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Connection {
+    pub source: Arc<str>,
+    /// The gateway's name (`?gateway=`) or MAC (Aruba), once known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    pub peer: String,
+    /// `raw` or `aruba`.
+    pub mode: &'static str,
+    pub tls: bool,
+    /// Unix milliseconds.
+    pub connected_at: u64,
+    /// Websocket messages received on this connection.
+    pub messages: u64,
+}
+
+/// A connection's entry in the live view: removed when dropped (the connection ended).
+pub struct ConnectionGuard {
+    live: Arc<Live>,
+    id: u64,
+    messages: Arc<AtomicU64>,
+}
+
+impl ConnectionGuard {
+    /// One more message received.
+    pub fn message(&self) {
+        self.messages.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The gateway's name, once known (an Aruba AP names itself in its first message).
+    pub fn set_gateway(&self, gateway: &str) {
+        let mut connections = self.live.connections();
+        if let Some((c, _)) = connections.get_mut(&self.id)
+            && c.gateway.as_deref() != Some(gateway)
+        {
+            c.gateway = Some(gateway.to_string());
+        }
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.live.connections().remove(&self.id);
+    }
+}
+
 /// The live view of a pipeline (see the module docs). Shared by its flows and the API.
 pub struct Live {
     inner: Mutex<Inner>,
+    /// By flow.
+    telegrams: Mutex<HashMap<Arc<str>, FlowTelegrams>>,
+    /// By connection number; messages counted in the guards.
+    connections: Mutex<HashMap<u64, (Connection, Arc<AtomicU64>)>>,
+    next_connection: AtomicU64,
     recent: usize,
     /// (flow, document as JSON text).
     feed: broadcast::Sender<(Arc<str>, Arc<str>)>,
@@ -110,6 +174,9 @@ impl Live {
     pub fn new(recent: usize) -> Arc<Live> {
         Arc::new(Live {
             inner: Mutex::new(Inner::default()),
+            telegrams: Mutex::new(HashMap::new()),
+            connections: Mutex::new(HashMap::new()),
+            next_connection: AtomicU64::new(0),
             recent,
             feed: broadcast::channel(FEED_CAPACITY).0,
         })
@@ -240,6 +307,135 @@ impl Live {
             .collect()
     }
 
+    fn connections(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (Connection, Arc<AtomicU64>)>> {
+        self.connections.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes note of a gateway connection to `source`; it is listed until the guard is dropped.
+    pub fn connect(
+        self: &Arc<Self>,
+        source: &Arc<str>,
+        peer: std::net::SocketAddr,
+        mode: &'static str,
+        tls: bool,
+        gateway: Option<&str>,
+    ) -> ConnectionGuard {
+        let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        let messages = Arc::new(AtomicU64::new(0));
+        let connection = Connection {
+            source: source.clone(),
+            gateway: gateway.map(str::to_string),
+            peer: peer.to_string(),
+            mode,
+            tls,
+            connected_at: millis(SystemTime::now()),
+            messages: 0,
+        };
+        self.connections()
+            .insert(id, (connection, messages.clone()));
+        ConnectionGuard {
+            live: self.clone(),
+            id,
+            messages,
+        }
+    }
+
+    /// The gateways connected now, longest connected first.
+    pub fn connected(&self) -> Vec<Connection> {
+        let mut out: Vec<(u64, Connection)> = self
+            .connections()
+            .iter()
+            .map(|(id, (c, messages))| {
+                let mut c = c.clone();
+                c.messages = messages.load(Ordering::Relaxed);
+                (*id, c)
+            })
+            .collect();
+        out.sort_by_key(|(id, _)| *id);
+        out.into_iter().map(|(_, c)| c).collect()
+    }
+
+    /// An esp3 decode stage's telegram statistics (replacing what it reported before).
+    pub fn report_telegrams(
+        &self,
+        flow: &Arc<str>,
+        devices: Vec<(u32, Counts)>,
+        gateways: Vec<(String, Counts)>,
+        sensors: Arc<Devices>,
+    ) {
+        self.telegrams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                flow.clone(),
+                FlowTelegrams {
+                    devices,
+                    gateways,
+                    sensors,
+                },
+            );
+    }
+
+    /// Telegram statistics per EnOcean device in the IoTC's shape (`[{device, stats}]`, by sender),
+    /// summed over the flows that decode it; `only` picks one sender.
+    pub fn device_statistics(&self, only: Option<u32>) -> Vec<Value> {
+        let telegrams = self.telegrams.lock().unwrap_or_else(|p| p.into_inner());
+        let mut merged: BTreeMap<u32, (Counts, Option<Arc<crate::registry::Device>>)> =
+            BTreeMap::new();
+        for flow in telegrams.values() {
+            for (id, counts) in &flow.devices {
+                if only.is_some_and(|o| o != *id) {
+                    continue;
+                }
+                let entry = merged.entry(*id).or_default();
+                add_counts(&mut entry.0, counts);
+                if entry.1.is_none() {
+                    entry.1 = flow.sensors.get(id).cloned();
+                }
+            }
+        }
+        merged
+            .into_iter()
+            .map(|(id, (counts, device))| {
+                let mut about = serde_json::Map::new();
+                about.insert("sourceEurid".into(), Value::from(id_hex(id)));
+                about.insert("destinationEurid".into(), Value::from("ffffffff"));
+                if let Some(d) = device {
+                    about.insert("friendlyID".into(), Value::from(d.friendly_id.as_str()));
+                    about.insert("location".into(), Value::from(d.location.as_str()));
+                    about.insert("customTag".into(), Value::from(d.custom_tag.as_str()));
+                    if let Some(eep) = &d.eep {
+                        about.insert("eep".into(), Value::from(eep.as_str()));
+                    }
+                    about.insert("activeFlag".into(), Value::from("true"));
+                } else {
+                    about.insert("activeFlag".into(), Value::from("false"));
+                }
+                serde_json::json!({ "device": about, "stats": counts.json() })
+            })
+            .collect()
+    }
+
+    /// Telegram statistics per gateway in the IoTC's shape (`[{device: {mac}, stats}]`), with the
+    /// copies it relayed of telegrams another gateway relayed first (`duplicates`).
+    pub fn gateway_statistics(&self) -> Vec<Value> {
+        let telegrams = self.telegrams.lock().unwrap_or_else(|p| p.into_inner());
+        let mut merged: BTreeMap<&str, Counts> = BTreeMap::new();
+        for flow in telegrams.values() {
+            for (gateway, counts) in &flow.gateways {
+                add_counts(merged.entry(gateway.as_str()).or_default(), counts);
+            }
+        }
+        merged
+            .into_iter()
+            .map(|(gateway, counts)| {
+                let mut stats = counts.json();
+                stats["duplicates"] = Value::from(counts.duplicates);
+                serde_json::json!({ "device": { "mac": gateway }, "stats": stats })
+            })
+            .collect()
+    }
+
     /// Every gateway heard, by name.
     pub fn gateways(&self) -> Vec<GatewayView> {
         let inner = self.lock();
@@ -253,6 +449,14 @@ impl Live {
     pub fn subscribe(&self) -> broadcast::Receiver<(Arc<str>, Arc<str>)> {
         self.feed.subscribe()
     }
+}
+
+fn add_counts(into: &mut Counts, counts: &Counts) {
+    into.total += counts.total;
+    into.processed += counts.processed;
+    into.not_processed += counts.not_processed;
+    into.duplicates += counts.duplicates;
+    into.last_seen = into.last_seen.max(counts.last_seen);
 }
 
 #[cfg(test)]

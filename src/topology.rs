@@ -186,6 +186,7 @@ impl Pipeline {
                     .map(|s| (None, Box::pin(s.run(token)) as SourceTask))
                     .map_err(|e| e.context(format!("source `{name}`"))),
                 SourceKind::Esp3Websocket(c) => Esp3WebsocketSource::bind(name, c, inputs)
+                    .map(|s| s.with_live(live.clone()))
                     .and_then(|s| {
                         Ok((Some(s.local_addr()?), Box::pin(s.run(token)) as SourceTask))
                     }),
@@ -305,6 +306,9 @@ where
     })
 }
 
+/// How often a flow's stages report to the API's live view.
+const REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// One flow at run time: its stages, and where its records go.
 struct FlowRunner {
     stages: Vec<Box<dyn Stage>>,
@@ -381,8 +385,16 @@ impl FlowRunner {
 
     async fn run(mut self, mut rx: mpsc::Receiver<Record>) -> anyhow::Result<()> {
         let mut batch = Vec::with_capacity(256);
+        // With an API, the stages report what they count to its live view once a second.
+        let mut next_report = self.router.live.is_some().then(Instant::now);
         loop {
-            let deadline = self.next_deadline();
+            if let Some(due) = next_report
+                && due <= Instant::now()
+            {
+                self.report();
+                next_report = Some(due + REPORT_INTERVAL);
+            }
+            let deadline = self.next_deadline().into_iter().chain(next_report).min();
             let received = tokio::select! {
                 n = rx.recv_many(&mut batch, 256) => n,
                 _ = sleep_until(deadline), if deadline.is_some() => {
@@ -401,12 +413,21 @@ impl FlowRunner {
         }
         // The input has ended: release whatever the stages still hold.
         self.fire_timers(true).await;
+        self.report();
         tracing::debug!(flow = %self.router.name, "flow drained");
         Ok(())
     }
 
     fn next_deadline(&self) -> Option<Instant> {
         self.stages.iter().filter_map(|s| s.next_deadline()).min()
+    }
+
+    fn report(&mut self) {
+        if let Some(live) = &self.router.live {
+            for stage in &mut self.stages {
+                stage.report(&self.router.name, live);
+            }
+        }
     }
 
     async fn fire_timers(&mut self, flush: bool) {

@@ -489,6 +489,7 @@ async fn the_openapi_document_validates_and_every_route_in_it_answers() {
         "GET /metrics",
         "GET /openapi.json",
         "GET /docs",
+        "GET /live",
         "GET /api/v1/devices",
         "GET /api/v1/devices/backup",
         "POST /api/v1/devices/restore",
@@ -498,6 +499,10 @@ async fn the_openapi_document_validates_and_every_route_in_it_answers() {
         "GET /api/v1/telemetry",
         "GET /api/v1/telemetry/{id}",
         "GET /api/v1/gateways",
+        "GET /api/v1/gateways/connected",
+        "GET /api/v1/statistics/devices",
+        "GET /api/v1/statistics/devices/{id}",
+        "GET /api/v1/statistics/gateways",
         "GET /api/v1/downlinks/{id}",
         "POST /api/v1/downlinks/{id}",
         "GET /api/v1/tap",
@@ -511,6 +516,24 @@ async fn the_openapi_document_validates_and_every_route_in_it_answers() {
         !lines(&dir.path().join("telemetry.jsonl")).is_empty()
     })
     .await;
+    // Its telegram statistics reach the API with the decode stage's next report (every second).
+    let mut counted = false;
+    for _ in 0..50 {
+        let r = api
+            .authed(
+                reqwest::Method::GET,
+                &format!("/api/v1/statistics/devices/{SENDER}"),
+            )
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            counted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(counted, "no statistics of {SENDER}; log:\n{}", api.log());
 
     // Each documented operation is served (not the 404 of an unknown route, not a 405), in an
     // order that leaves the device there for the next call.
@@ -526,9 +549,14 @@ async fn the_openapi_document_validates_and_every_route_in_it_answers() {
         "GET /metrics",
         "GET /openapi.json",
         "GET /docs",
+        "GET /live",
         "GET /api/v1/telemetry",
         "GET /api/v1/telemetry/{id}",
         "GET /api/v1/gateways",
+        "GET /api/v1/gateways/connected",
+        "GET /api/v1/statistics/devices",
+        "GET /api/v1/statistics/devices/{id}",
+        "GET /api/v1/statistics/gateways",
         "POST /api/v1/downlinks/{id}",
         "GET /api/v1/downlinks/{id}",
     ];
@@ -536,7 +564,8 @@ async fn the_openapi_document_validates_and_every_route_in_it_answers() {
     assert_eq!(order.len() + 1, expected.len());
     for operation in order {
         let (method, path) = operation.split_once(' ').unwrap();
-        let id = if path.starts_with("/api/v1/telemetry") {
+        let id = if path.starts_with("/api/v1/telemetry") || path.starts_with("/api/v1/statistics")
+        {
             SENDER
         } else if path.starts_with("/api/v1/downlinks") {
             "282C024156AF"
@@ -1041,4 +1070,129 @@ async fn the_live_page_shows_a_telegram_from_the_simulator_in_a_real_browser() {
         "{gateway:#}"
     );
     assert_eq!(gateway["cells"][3], "1", "one device heard: {gateway:#}");
+}
+
+/// Telegram statistics per device and per gateway in the EnOcean IoT Connector's shape, and the
+/// gateways connected now, over real HTTP while a gateway stays connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telegram_statistics_in_the_iotc_shape_and_the_connected_gateways() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Api::start(dir.path()).await;
+    let get = |path: String| {
+        let request = api.authed(reqwest::Method::GET, &path);
+        async move {
+            let r = request.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    assert_eq!(get("/api/v1/gateways/connected".into()).await.1, json!([]));
+
+    // One raw gateway that stays connected: 3 telegrams of the seed's A5-04-01 sensor (vector 07),
+    // 2 of a sender no registry knows.
+    let url = format!("ws://{}/aruba?gateway=gw-stats", api.gateways);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let frame = |telegram: &str| {
+        Message::binary(esp3::encode(
+            0x01,
+            &hex::decode(telegram).unwrap(),
+            &[1, 0xff, 0xff, 0xff, 0xff, 0x45, 0],
+        ))
+    };
+    for _ in 0..3 {
+        ws.send(frame("a5007d8c0a0180a1b300")).await.unwrap();
+    }
+    for _ in 0..2 {
+        ws.send(frame(TELEGRAM)).await.unwrap();
+    }
+    let mut devices = Value::Null;
+    for _ in 0..50 {
+        devices = get("/api/v1/statistics/devices".into()).await.1;
+        let total: u64 = devices
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|d| d["stats"]["totalTelegramCount"].as_u64().unwrap())
+                    .sum()
+            })
+            .unwrap_or(0);
+        if total == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let of = |id: &str| {
+        devices
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["device"]["sourceEurid"] == id)
+            .unwrap_or_else(|| panic!("no {id} in {devices:#}"))
+            .clone()
+    };
+    let known = of("0180a1b3");
+    assert_eq!(known["device"]["friendlyID"], "Climate 1", "{known:#}");
+    assert_eq!(known["device"]["eep"], "a5-04-01", "{known:#}");
+    assert_eq!(known["device"]["activeFlag"], "true");
+    assert_eq!(known["stats"]["totalTelegramCount"], 3, "{known:#}");
+    assert_eq!(known["stats"]["succesfullyProcessed"], 3, "{known:#}");
+    assert_eq!(known["stats"]["notProcessed"], 0, "{known:#}");
+    let unknown = of(SENDER);
+    assert_eq!(unknown["device"]["activeFlag"], "false");
+    assert_eq!(unknown["stats"]["totalTelegramCount"], 2, "{unknown:#}");
+    assert_eq!(unknown["stats"]["notProcessed"], 2, "{unknown:#}");
+    let last_seen: u64 = known["stats"]["lastSeen"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(now.abs_diff(last_seen) < 60, "{last_seen} vs {now}");
+
+    let (status, one) = get("/api/v1/statistics/devices/0180A1B3".into()).await;
+    assert_eq!(status, 200);
+    assert_eq!(one, json!([known]));
+    assert_eq!(
+        get("/api/v1/statistics/devices/01020304".into()).await.0,
+        404
+    );
+    assert_eq!(
+        get("/api/v1/statistics/devices/not-an-id".into()).await.0,
+        400
+    );
+
+    let (_, gateways) = get("/api/v1/statistics/gateways".into()).await;
+    assert_eq!(gateways[0]["device"]["mac"], "gw-stats", "{gateways:#}");
+    assert_eq!(
+        gateways[0]["stats"]["totalTelegramCount"], 5,
+        "{gateways:#}"
+    );
+    assert_eq!(
+        gateways[0]["stats"]["succesfullyProcessed"], 3,
+        "{gateways:#}"
+    );
+
+    let (_, connected) = get("/api/v1/gateways/connected".into()).await;
+    assert_eq!(connected.as_array().unwrap().len(), 1, "{connected:#}");
+    assert_eq!(connected[0]["gateway"], "gw-stats");
+    assert_eq!(connected[0]["source"], "gateways");
+    assert_eq!(connected[0]["mode"], "raw");
+    assert_eq!(connected[0]["tls"], false);
+    assert_eq!(connected[0]["messages"], 5, "{connected:#}");
+
+    // Disconnected: no longer listed.
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let mut gone = false;
+    for _ in 0..50 {
+        if get("/api/v1/gateways/connected".into()).await.1 == json!([]) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the closed connection is still listed");
 }

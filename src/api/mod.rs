@@ -182,6 +182,26 @@ fn routes() -> Vec<(&'static str, Method, MethodRouter<AppState>)> {
         ("/api/v1/telemetry", Method::GET, get(list_telemetry)),
         ("/api/v1/telemetry/{id}", Method::GET, get(device_telemetry)),
         ("/api/v1/gateways", Method::GET, get(list_gateways)),
+        (
+            "/api/v1/gateways/connected",
+            Method::GET,
+            get(connected_gateways),
+        ),
+        (
+            "/api/v1/statistics/devices",
+            Method::GET,
+            get(device_statistics),
+        ),
+        (
+            "/api/v1/statistics/devices/{id}",
+            Method::GET,
+            get(one_device_statistics),
+        ),
+        (
+            "/api/v1/statistics/gateways",
+            Method::GET,
+            get(gateway_statistics),
+        ),
         ("/api/v1/tap", Method::GET, get(tap)),
         ("/api/v1/downlinks/{id}", Method::GET, get(list_downlinks)),
         ("/api/v1/downlinks/{id}", Method::POST, post(queue_downlink)),
@@ -352,6 +372,44 @@ async fn device_telemetry(
 
 async fn list_gateways(State(state): State<AppState>) -> axum::Json<serde_json::Value> {
     axum::Json(json!(state.live.gateways()))
+}
+
+/// The gateways connected to the websocket sources now.
+async fn connected_gateways(State(state): State<AppState>) -> axum::Json<serde_json::Value> {
+    axum::Json(json!(state.live.connected()))
+}
+
+/// Telegram statistics of every EnOcean device (the IoTC's `[{device, stats}]`).
+async fn device_statistics(State(state): State<AppState>) -> axum::Json<serde_json::Value> {
+    axum::Json(json!(state.live.device_statistics(None)))
+}
+
+/// One EnOcean device's telegram statistics, in a one-element array as the IoTC answers.
+async fn one_device_statistics(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let sender = (id.len() == 8)
+        .then(|| u32::from_str_radix(&id, 16).ok())
+        .flatten()
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "`{id}` is not an EnOcean sender id (8 hex digits, e.g. 0180a1b2)"
+            ))
+        })?;
+    let stats = state.live.device_statistics(Some(sender));
+    if stats.is_empty() {
+        return Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: format!("no telegram of {id} has been decoded since the start"),
+        });
+    }
+    Ok(axum::Json(json!(stats)))
+}
+
+/// Telegram statistics of every gateway (the IoTC's `[{device: {mac}, stats}]`).
+async fn gateway_statistics(State(state): State<AppState>) -> axum::Json<serde_json::Value> {
+    axum::Json(json!(state.live.gateway_statistics()))
 }
 
 /// Every record's document as it goes to the sinks, one JSON object per line, for as long as the

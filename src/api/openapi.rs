@@ -211,6 +211,69 @@ pub fn document() -> Value {
                     "401": unauthorized.clone()
                 }
             }},
+            "/api/v1/gateways/connected": { "get": {
+                "operationId": "connectedGateways",
+                "summary": "The gateways connected to the websocket sources now, longest connected first",
+                "security": secured(),
+                "responses": {
+                    "200": json_response("The connections", json!({ "type": "array", "items": {
+                        "type": "object",
+                        "required": ["source", "peer", "mode", "tls", "connected_at", "messages"],
+                        "properties": {
+                            "source": { "type": "string" },
+                            "gateway": { "type": "string", "description": "?gateway= of a raw gateway, or an Aruba AP's MAC once its first message named it" },
+                            "peer": { "type": "string" },
+                            "mode": { "type": "string", "enum": ["raw", "aruba"] },
+                            "tls": { "type": "boolean" },
+                            "connected_at": { "type": "integer", "description": "Unix milliseconds" },
+                            "messages": { "type": "integer", "description": "Websocket messages received" }
+                        }
+                    } })),
+                    "401": unauthorized.clone()
+                }
+            }},
+            "/api/v1/statistics/devices": { "get": {
+                "operationId": "deviceStatistics",
+                "summary": "Telegram statistics of every EnOcean device the esp3 decode stages have seen, in the EnOcean IoT Connector's shape",
+                "security": secured(),
+                "responses": {
+                    "200": json_response("The devices", json!({ "type": "array", "items": { "$ref": "#/components/schemas/DeviceStatistics" } })),
+                    "401": unauthorized.clone()
+                }
+            }},
+            "/api/v1/statistics/devices/{id}": {
+                "parameters": [id_parameter()],
+                "get": {
+                    "operationId": "oneDeviceStatistics",
+                    "summary": "One EnOcean device's telegram statistics (a one-element array, as the IoT Connector answers)",
+                    "security": secured(),
+                    "responses": {
+                        "200": json_response("The device", json!({ "type": "array", "items": { "$ref": "#/components/schemas/DeviceStatistics" } })),
+                        "400": bad_request.clone(),
+                        "401": unauthorized.clone(),
+                        "404": error_response("No telegram of this device has been decoded since the start")
+                    }
+                }
+            },
+            "/api/v1/statistics/gateways": { "get": {
+                "operationId": "gatewayStatistics",
+                "summary": "Telegram statistics of every gateway, in the EnOcean IoT Connector's shape, with the copies it relayed of telegrams another gateway relayed first",
+                "security": secured(),
+                "responses": {
+                    "200": json_response("The gateways", json!({ "type": "array", "items": {
+                        "type": "object",
+                        "required": ["device", "stats"],
+                        "properties": {
+                            "device": { "type": "object", "properties": { "mac": { "type": "string" } } },
+                            "stats": { "allOf": [
+                                { "$ref": "#/components/schemas/TelegramStatistics" },
+                                { "type": "object", "properties": { "duplicates": { "type": "integer" } } }
+                            ] }
+                        }
+                    } })),
+                    "401": unauthorized.clone()
+                }
+            }},
             "/api/v1/tap": { "get": {
                 "operationId": "tap",
                 "summary": "Every record's document as it goes to the sinks, one JSON object per line, while the client reads (sensorgate tap)",
@@ -310,6 +373,36 @@ pub fn document() -> Value {
                     "type": "object",
                     "required": ["error"],
                     "properties": { "error": { "type": "string" } }
+                },
+                "TelegramStatistics": {
+                    "type": "object",
+                    "required": ["lastSeen", "notProcessed", "succesfullyProcessed", "totalTelegramCount"],
+                    "properties": {
+                        "lastSeen": { "type": "string", "description": "Unix seconds of the last telegram" },
+                        "notProcessed": { "type": "integer", "description": "Telegrams not decoded (unknown device, decode or security error, a copy)" },
+                        "succesfullyProcessed": { "type": "integer", "description": "Telegrams decoded and forwarded (spelled as the IoT Connector spells it)" },
+                        "totalTelegramCount": { "type": "integer" }
+                    }
+                },
+                "DeviceStatistics": {
+                    "type": "object",
+                    "required": ["device", "stats"],
+                    "properties": {
+                        "device": {
+                            "type": "object",
+                            "required": ["sourceEurid", "activeFlag"],
+                            "properties": {
+                                "sourceEurid": { "type": "string" },
+                                "destinationEurid": { "type": "string" },
+                                "eep": { "type": "string" },
+                                "friendlyID": { "type": "string" },
+                                "location": { "type": "string" },
+                                "customTag": { "type": "string" },
+                                "activeFlag": { "type": "string", "enum": ["true", "false"], "description": "Whether the device is in the registry" }
+                            }
+                        },
+                        "stats": { "$ref": "#/components/schemas/TelegramStatistics" }
+                    }
                 },
                 "Readiness": {
                     "type": "object",

@@ -193,6 +193,8 @@ struct EnoceanState {
     /// The source of the records decoded last: what statistics and timed-out chains are reported as
     /// coming from (they come from no one frame). The flow's name until a record arrives.
     source: Option<Arc<str>>,
+    /// Telegrams went by since the last [`Stage::report`].
+    unreported: bool,
 }
 
 impl DecodeStage {
@@ -272,6 +274,7 @@ impl DecodeStage {
                     next_chain_check: None,
                     outputs: Vec::new(),
                     source: None,
+                    unreported: false,
                 }
             });
         DecodeStage {
@@ -401,6 +404,7 @@ impl DecodeStage {
             out.push(record);
             return;
         }
+        state.unreported = true;
         if state.source.as_ref() != Some(&record.source) {
             state.source = Some(record.source.clone());
         }
@@ -597,6 +601,31 @@ impl Stage for DecodeStage {
             Output::Documents => self.process_record(record, out),
             Output::Raw => self.identify(record, out),
         }
+    }
+
+    fn report(&mut self, flow: &Arc<str>, live: &crate::live::Live) {
+        let Some(state) = self.enocean.as_mut() else {
+            return;
+        };
+        // Copies of numbers only, and only when telegrams went by since the last report.
+        if !std::mem::take(&mut state.unreported) {
+            return;
+        }
+        let engine = &state.engine;
+        live.report_telegrams(
+            flow,
+            engine
+                .device_stats()
+                .iter()
+                .map(|(id, c)| (*id, *c))
+                .collect(),
+            engine
+                .gateway_stats()
+                .iter()
+                .map(|(g, c)| (g.clone(), *c))
+                .collect(),
+            engine.sensors(),
+        );
     }
 
     fn next_deadline(&self) -> Option<Instant> {

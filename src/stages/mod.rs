@@ -32,6 +32,11 @@ pub trait Stage: Send {
     /// drops a record on purpose (a duplicate) settles it with `record.delivery.delivered()`; one dropped
     /// unsettled counts as failed, and its source answers "not stored".
     fn process(&mut self, record: Record, out: &mut Vec<Record>);
+    /// Hands what the stage counts to the HTTP API's live view; the flow calls it about once a
+    /// second while the pipeline has an API. The esp3 decode stage reports its telegram statistics.
+    fn report(&mut self, flow: &std::sync::Arc<str>, live: &crate::live::Live) {
+        let _ = (flow, live);
+    }
     /// When the stage next needs [`Stage::on_timer`] (held records to release, statistics to emit).
     fn next_deadline(&self) -> Option<Instant> {
         None

@@ -111,7 +111,8 @@ pub struct Counts {
 }
 
 impl Counts {
-    fn json(&self) -> Value {
+    /// The IoTC's `TelegramStatistics` (its spelling of `succesfullyProcessed` included).
+    pub fn json(&self) -> Value {
         json!({
             "lastSeen": self.last_seen.to_string(),
             "notProcessed": self.not_processed,
@@ -268,6 +269,11 @@ impl Engine {
     /// Per-gateway statistics.
     pub fn gateway_stats(&self) -> &HashMap<String, Counts> {
         &self.gateway_stats
+    }
+
+    /// The registry's devices as the engine sees them now.
+    pub fn sensors(&self) -> Arc<Devices> {
+        self.devices.clone()
     }
 
     fn count_gateways(&mut self, reception: &Reception<'_>, now: u64, processed: bool) {

@@ -560,6 +560,8 @@ struct Shared {
     ws_config: WebSocketConfig,
     routes: Routes,
     events: Events,
+    /// The HTTP API's live view: the gateways connected now.
+    live: Option<Arc<crate::live::Live>>,
 }
 
 /// The route names records carry, shared instead of allocated per record.
@@ -689,12 +691,21 @@ impl Esp3WebsocketSource {
                 ws_config,
                 routes: Routes::new(),
                 events: Events::new(name),
+                live: None,
             }),
         })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Lists each connected gateway in the API's live view while it is connected.
+    pub fn with_live(mut self, live: Option<Arc<crate::live::Live>>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.live = live;
+        }
+        self
     }
 
     /// Serves until `shutdown`; then stops accepting, closes every connection with code 1001 and
@@ -825,7 +836,7 @@ impl Shared {
             (_, Some(Err(refusal))) => self.events.refused(peer, &refusal),
             (Ok(Ok(ws)), Some(Ok((mode, _slot)))) => {
                 self.events.accepted(peer, &mode, tls);
-                self.session(ws, peer, mode, shutdown).await;
+                self.session(ws, peer, mode, tls, shutdown).await;
             }
             (Ok(Ok(_)), None) => {} // unreachable: the callback runs before a successful upgrade
             (Ok(Err(e)), _) => self.events.handshake_failed(peer, "websocket", &e),
@@ -910,11 +921,20 @@ impl Shared {
         mut ws: WebSocketStream<S>,
         peer: SocketAddr,
         mode: Mode,
+        tls: bool,
         shutdown: &CancellationToken,
     ) where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let mut conn = Connection::new(self, peer, mode);
+        let listed = self.live.as_ref().map(|live| {
+            let kind = match conn.mode {
+                Mode::Raw { .. } => "raw",
+                Mode::Aruba => "aruba",
+            };
+            live.connect(&self.name, peer, kind, tls, conn.gateway())
+        });
+        let mut named = conn.gateway().is_some();
         let mut records = Vec::new();
         let mut last_activity = Instant::now();
         // One timer for the connection, re-armed only when it fires: resetting it per message would
@@ -946,7 +966,18 @@ impl Shared {
                     tracing::debug!(source = %self.name, %peer, error = %e, "websocket read error");
                     Err(Ending::Error)
                 }
-                Some(Ok(Message::Binary(bytes))) => conn.binary(bytes, &mut records),
+                Some(Ok(Message::Binary(bytes))) => {
+                    let outcome = conn.binary(bytes, &mut records);
+                    if let Some(listed) = &listed {
+                        listed.message();
+                        // An Aruba AP names itself (its MAC) in its messages.
+                        if !named && let Some(gateway) = conn.gateway() {
+                            listed.set_gateway(gateway);
+                            named = true;
+                        }
+                    }
+                    outcome
+                }
                 Some(Ok(Message::Text(text))) => {
                     self.events.text(peer, text.len());
                     Ok(())
