@@ -165,6 +165,17 @@ impl Api {
             .bearer_auth(TOKEN)
     }
 
+    /// An authenticated GET: the status and the JSON body (null if it is not JSON).
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .authed(reqwest::Method::GET, path)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().await.unwrap_or(Value::Null))
+    }
+
     async fn terminate(mut self) {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
@@ -519,15 +530,12 @@ async fn the_openapi_document_validates_and_every_route_in_it_answers() {
     // Its telegram statistics reach the API with the decode stage's next report (every second).
     let mut counted = false;
     for _ in 0..50 {
-        let r = api
-            .authed(
-                reqwest::Method::GET,
-                &format!("/api/v1/statistics/devices/{SENDER}"),
-            )
-            .send()
+        if api
+            .get(&format!("/api/v1/statistics/devices/{SENDER}"))
             .await
-            .unwrap();
-        if r.status() == 200 {
+            .0
+            == 200
+        {
             counted = true;
             break;
         }
@@ -1016,14 +1024,7 @@ async fn the_live_page_shows_a_telegram_from_the_simulator_in_a_real_browser() {
         .find(|d| d["device"].as_str().unwrap().to_ascii_lowercase() == sender)
         .unwrap_or_else(|| panic!("no row for {sender}: {page:#}"));
     let id = row["device"].as_str().unwrap();
-    let view: Value = api
-        .authed(reqwest::Method::GET, &format!("/api/v1/telemetry/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, view) = api.get(&format!("/api/v1/telemetry/{id}")).await;
     let cells = row["cells"].as_array().unwrap();
     assert_eq!(cells[2], "sim-gw-0", "{row:#}");
     assert_eq!(cells[3], format!("{} dBm", view["rssi"]), "{row:#}");
@@ -1055,14 +1056,7 @@ async fn the_live_page_shows_a_telegram_from_the_simulator_in_a_real_browser() {
         .iter()
         .find(|g| g["gateway"] == "sim-gw-0")
         .unwrap_or_else(|| panic!("no gateway row: {page:#}"));
-    let gateways: Value = api
-        .authed(reqwest::Method::GET, "/api/v1/gateways")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, gateways) = api.get("/api/v1/gateways").await;
     assert_eq!(gateways[0]["gateway"], "sim-gw-0");
     assert_eq!(
         gateway["cells"][2],
@@ -1078,15 +1072,7 @@ async fn the_live_page_shows_a_telegram_from_the_simulator_in_a_real_browser() {
 async fn telegram_statistics_in_the_iotc_shape_and_the_connected_gateways() {
     let dir = tempfile::tempdir().unwrap();
     let api = Api::start(dir.path()).await;
-    let get = |path: String| {
-        let request = api.authed(reqwest::Method::GET, &path);
-        async move {
-            let r = request.send().await.unwrap();
-            let status = r.status().as_u16();
-            (status, r.json::<Value>().await.unwrap_or(Value::Null))
-        }
-    };
-    assert_eq!(get("/api/v1/gateways/connected".into()).await.1, json!([]));
+    assert_eq!(api.get("/api/v1/gateways/connected").await.1, json!([]));
 
     // One raw gateway that stays connected: 3 telegrams of the seed's A5-04-01 sensor (vector 07),
     // 2 of a sender no registry knows.
@@ -1107,7 +1093,7 @@ async fn telegram_statistics_in_the_iotc_shape_and_the_connected_gateways() {
     }
     let mut devices = Value::Null;
     for _ in 0..50 {
-        devices = get("/api/v1/statistics/devices".into()).await.1;
+        devices = api.get("/api/v1/statistics/devices").await.1;
         let total: u64 = devices
             .as_array()
             .map(|a| {
@@ -1152,19 +1138,13 @@ async fn telegram_statistics_in_the_iotc_shape_and_the_connected_gateways() {
         .as_secs();
     assert!(now.abs_diff(last_seen) < 60, "{last_seen} vs {now}");
 
-    let (status, one) = get("/api/v1/statistics/devices/0180A1B3".into()).await;
+    let (status, one) = api.get("/api/v1/statistics/devices/0180A1B3").await;
     assert_eq!(status, 200);
     assert_eq!(one, json!([known]));
-    assert_eq!(
-        get("/api/v1/statistics/devices/01020304".into()).await.0,
-        404
-    );
-    assert_eq!(
-        get("/api/v1/statistics/devices/not-an-id".into()).await.0,
-        400
-    );
+    assert_eq!(api.get("/api/v1/statistics/devices/01020304").await.0, 404);
+    assert_eq!(api.get("/api/v1/statistics/devices/not-an-id").await.0, 400);
 
-    let (_, gateways) = get("/api/v1/statistics/gateways".into()).await;
+    let (_, gateways) = api.get("/api/v1/statistics/gateways").await;
     assert_eq!(gateways[0]["device"]["mac"], "gw-stats", "{gateways:#}");
     assert_eq!(
         gateways[0]["stats"]["totalTelegramCount"], 5,
@@ -1175,7 +1155,7 @@ async fn telegram_statistics_in_the_iotc_shape_and_the_connected_gateways() {
         "{gateways:#}"
     );
 
-    let (_, connected) = get("/api/v1/gateways/connected".into()).await;
+    let (_, connected) = api.get("/api/v1/gateways/connected").await;
     assert_eq!(connected.as_array().unwrap().len(), 1, "{connected:#}");
     assert_eq!(connected[0]["gateway"], "gw-stats");
     assert_eq!(connected[0]["source"], "gateways");
@@ -1188,7 +1168,7 @@ async fn telegram_statistics_in_the_iotc_shape_and_the_connected_gateways() {
     drop(ws);
     let mut gone = false;
     for _ in 0..50 {
-        if get("/api/v1/gateways/connected".into()).await.1 == json!([]) {
+        if api.get("/api/v1/gateways/connected").await.1 == json!([]) {
             gone = true;
             break;
         }

@@ -646,55 +646,34 @@ fn ready_is_503_while_the_sink_broker_is_away_and_200_while_it_is_connected() {
         &[("SG_READY_TOKEN", "ready-test-token-0123456789")],
     );
 
-    // Started, listening, but the sink has no broker: not ready, and the body says which and why.
-    let mut last = (0, String::new());
-    let away = eventually(Duration::from_secs(10), || {
-        last = http_get(api, "/ready");
-        last.0 == 503
-    });
-    assert!(away, "{last:?}; log:\n{}", running.log());
-    let sink = component(&last.1, "sink `broker`");
-    assert_eq!(sink["up"], false, "{}", last.1);
-    assert!(!sink["detail"].as_str().unwrap().is_empty(), "{}", last.1);
-    assert_eq!(
-        component(&last.1, "source `efento`")["up"],
-        true,
-        "{}",
+    // /ready until it answers `status`: the last answer.
+    let ready_with = |status: u16| {
+        let mut last = (0, String::new());
+        let reached = eventually(Duration::from_secs(15), || {
+            last = http_get(api, "/ready");
+            last.0 == status
+        });
+        assert!(reached, "{last:?}; log:\n{}", running.log());
         last.1
-    );
+    };
+
+    // Started, listening, but the sink has no broker: not ready, and the body says which and why.
+    let body = ready_with(503);
+    let sink = component(&body, "sink `broker`");
+    assert_eq!(sink["up"], false, "{body}");
+    assert!(!sink["detail"].as_str().unwrap().is_empty(), "{body}");
+    assert_eq!(component(&body, "source `efento`")["up"], true, "{body}");
     let (_, metrics) = http_get(api, "/metrics");
     assert!(
         metrics.contains("component_up{component=\"sink `broker`\"} 0\n"),
         "{metrics}"
     );
 
-    // The broker comes up: ready, without a restart.
+    // The broker comes up: ready, without a restart; away again: not ready again.
     broker.restart();
-    let up = eventually(Duration::from_secs(15), || {
-        last = http_get(api, "/ready");
-        last.0 == 200
-    });
-    assert!(up, "{last:?}; log:\n{}", running.log());
-    assert_eq!(
-        component(&last.1, "sink `broker`")["up"],
-        true,
-        "{}",
-        last.1
-    );
-
-    // And away again: not ready again.
+    assert_eq!(component(&ready_with(200), "sink `broker`")["up"], true);
     broker.stop();
-    let down = eventually(Duration::from_secs(15), || {
-        last = http_get(api, "/ready");
-        last.0 == 503
-    });
-    assert!(down, "{last:?}; log:\n{}", running.log());
-    assert_eq!(
-        component(&last.1, "sink `broker`")["up"],
-        false,
-        "{}",
-        last.1
-    );
+    assert_eq!(component(&ready_with(503), "sink `broker`")["up"], false);
 }
 
 #[test]
