@@ -702,13 +702,37 @@ fn broker_down_answers_500_within_the_deadline_and_flow_resumes_when_it_is_back(
         return;
     };
     let topic = format!("outage-{}", std::process::id());
-    let running = start(&broker, &topic);
+    let api = free_tcp_port();
+    let toml = format!(
+        "{}\n[api]\nlisten = \"127.0.0.1:{api}\"\ntoken_env = \"SG_READY_TOKEN\"\nstore = \"registry.redb\"\n",
+        pipeline(&broker.brokers(), &topic)
+    );
+    peer("coap-client-notls").expect("coap-client-notls");
+    let running = Running::start_pipeline_env(
+        tempfile::tempdir().unwrap(),
+        &toml,
+        &[("SG_READY_TOKEN", "ready-test-token-0123456789")],
+    );
     assert_eq!(
         post_efento_seed(&running),
         "2.01",
         "log:\n{}",
         running.log()
     );
+    // /ready follows the brokers (asked for metadata every 5 s): until it answers `status`.
+    let ready_with = |status: u16| {
+        let mut last = (0, String::new());
+        let reached = eventually(Duration::from_secs(20), || {
+            last = http_get(api, "/ready");
+            last.0 == status
+        });
+        assert!(reached, "{last:?}; log:\n{}", running.log());
+        ready_component(&last.1, "sink `kafka`")
+    };
+    assert_eq!(ready_with(200)["up"], true);
+    broker.stop();
+    let sink = ready_with(503);
+    assert!(sink["detail"].as_str().unwrap().contains("Kafka"), "{sink}");
 
     // Back on the same port (memory storage: it starts empty): the same process stores again.
     assert_outage_then_resume(
@@ -727,6 +751,7 @@ fn broker_down_answers_500_within_the_deadline_and_flow_resumes_when_it_is_back(
             running.log()
         );
     }
+    assert_eq!(ready_with(200)["up"], true);
     let acknowledged = 3;
     // Every 2.01 since the restart is in Kafka (the broker lost what it had before: memory storage).
     let got = broker.consume(&topic, acknowledged);

@@ -588,47 +588,6 @@ fn the_sink_publishes_on_the_iotconnect_layout_and_an_outage_answers_500_then_fl
     assert_eq!(sub.lines()[0].0, format!("sensor/{SERIAL}/telemetry"));
 }
 
-/// `GET path` on 127.0.0.1:`port` over a plain TCP connection: (status, body); (0, "") when
-/// nothing answers.
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new());
-    };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return (0, String::new());
-    }
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    let status = answer
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-/// The component `name` in a `/ready` body.
-fn component(body: &str, name: &str) -> serde_json::Value {
-    let ready: serde_json::Value =
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
-    ready["components"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["component"].as_str().unwrap().starts_with(name))
-        .unwrap_or_else(|| panic!("no {name} in {body}"))
-        .clone()
-}
-
 #[test]
 fn ready_is_503_while_the_sink_broker_is_away_and_200_while_it_is_connected() {
     let Some(mut broker) = Broker::start("") else {
@@ -659,10 +618,14 @@ fn ready_is_503_while_the_sink_broker_is_away_and_200_while_it_is_connected() {
 
     // Started, listening, but the sink has no broker: not ready, and the body says which and why.
     let body = ready_with(503);
-    let sink = component(&body, "sink `broker`");
+    let sink = ready_component(&body, "sink `broker`");
     assert_eq!(sink["up"], false, "{body}");
     assert!(!sink["detail"].as_str().unwrap().is_empty(), "{body}");
-    assert_eq!(component(&body, "source `efento`")["up"], true, "{body}");
+    assert_eq!(
+        ready_component(&body, "source `efento`")["up"],
+        true,
+        "{body}"
+    );
     let (_, metrics) = http_get(api, "/metrics");
     assert!(
         metrics.contains("component_up{component=\"sink `broker`\"} 0\n"),
@@ -671,9 +634,15 @@ fn ready_is_503_while_the_sink_broker_is_away_and_200_while_it_is_connected() {
 
     // The broker comes up: ready, without a restart; away again: not ready again.
     broker.restart();
-    assert_eq!(component(&ready_with(200), "sink `broker`")["up"], true);
+    assert_eq!(
+        ready_component(&ready_with(200), "sink `broker`")["up"],
+        true
+    );
     broker.stop();
-    assert_eq!(component(&ready_with(503), "sink `broker`")["up"], false);
+    assert_eq!(
+        ready_component(&ready_with(503), "sink `broker`")["up"],
+        false
+    );
 }
 
 #[test]

@@ -590,3 +590,44 @@ pub fn assert_efento_document(doc: &serde_json::Value, serial: &str) {
         "{doc}"
     );
 }
+
+/// `GET path` on 127.0.0.1:`port` over a plain TCP connection: (status, body); (0, "") when
+/// nothing answers.
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The component `name` in a `/ready` body.
+pub fn ready_component(body: &str, name: &str) -> serde_json::Value {
+    let ready: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    ready["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["component"].as_str().unwrap().starts_with(name))
+        .unwrap_or_else(|| panic!("no {name} in {body}"))
+        .clone()
+}
