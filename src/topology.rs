@@ -79,7 +79,7 @@ impl Pipeline {
             live = Some(api.live());
             api_task = Some((
                 "api".to_string(),
-                spawn_component("api", &shutdown, api.serve()),
+                spawn_component("api", &shutdown, api.serve_apart()),
             ));
         }
 

@@ -144,6 +144,37 @@ impl Api {
         self.state.ready.clone()
     }
 
+    /// [`Api::serve`] on a thread of its own with a single-threaded runtime: requests are then
+    /// answered on their own OS thread rather than queued behind flow and source work on the
+    /// pipeline's workers, and the data path never waits behind a slow request. Ends when serving
+    /// ends.
+    pub async fn serve_apart(self) -> anyhow::Result<()> {
+        let Api { state, listener } = self;
+        // The listener moves to the API's runtime (its readiness is then polled there).
+        let listener = listener.into_std().context("HTTP API listener")?;
+        let (done, finished) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("sensorgate-api".into())
+            .spawn(move || {
+                let result = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("the HTTP API's runtime")
+                    .and_then(|runtime| {
+                        runtime.block_on(async move {
+                            let listener = tokio::net::TcpListener::from_std(listener)
+                                .context("HTTP API listener")?;
+                            Api { state, listener }.serve().await
+                        })
+                    });
+                let _ = done.send(result);
+            })
+            .context("starting the HTTP API's thread")?;
+        finished
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the HTTP API's thread ended abnormally")))
+    }
+
     /// Serves until shutdown.
     pub async fn serve(self) -> anyhow::Result<()> {
         let shutdown = self.state.shutdown.clone();
