@@ -35,6 +35,9 @@ struct Request {
 #[derive(Default)]
 struct State {
     requests: Vec<Request>,
+    /// `GET /Thingworx` requests: sensorgate's readiness check that the server answers, kept
+    /// apart from the data requests (and never given a scripted answer).
+    probes: usize,
     /// Answered (status, text) to the next requests, before any check.
     scripted: Vec<(u16, String)>,
     /// Wait before answering.
@@ -97,6 +100,10 @@ impl FakeThingworx {
         self.state.lock().unwrap().requests.clone()
     }
 
+    fn probes(&self) -> usize {
+        self.state.lock().unwrap().probes
+    }
+
     fn script(&self, answers: &[(u16, &str)]) {
         self.state.lock().unwrap().scripted =
             answers.iter().map(|(s, t)| (*s, t.to_string())).collect();
@@ -136,6 +143,20 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
     let mut body = vec![0; length];
     reader.read_exact(&mut body).unwrap();
     let body = String::from_utf8_lossy(&body).to_string();
+    if method == "GET" && target == "/Thingworx" {
+        state.lock().unwrap().probes += 1;
+        let status = if headers.get("appkey").map(String::as_str) == Some(KEY) {
+            200
+        } else {
+            401
+        };
+        let mut stream = stream;
+        let _ = write!(
+            stream,
+            "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        return;
+    }
     let (delay, scripted) = {
         let mut s = state.lock().unwrap();
         let next = (!s.scripted.is_empty()).then(|| s.scripted.remove(0));
@@ -299,6 +320,8 @@ fn properties_mode_puts_the_readings_with_the_app_key_and_answers_201_after_the_
     assert!(!props.is_empty(), "{body}");
     assert!(props.values().all(|v| !v.is_object()), "{body}");
     assert!(!running.log().contains(KEY), "the appKey is logged");
+    // The readiness check asked the server once, with the key, at start.
+    assert_eq!(fake.probes(), 1);
 }
 
 #[test]

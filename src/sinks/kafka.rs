@@ -236,6 +236,8 @@ pub struct KafkaSink {
     name: Arc<str>,
     config: ClientConfig,
     producer: FutureProducer,
+    /// The producer in use, for the broker watch (a replaced one is not kept alive by it).
+    current: Arc<std::sync::Mutex<FutureProducer>>,
     topic: Vec<Part>,
     key: Vec<Part>,
     schemas: BTreeMap<Kind, String>,
@@ -268,6 +270,7 @@ impl KafkaSink {
         Ok(KafkaSink {
             name: name.into(),
             config: client_config,
+            current: Arc::new(std::sync::Mutex::new(producer.clone())),
             producer,
             topic: parse_topic(&config.topic).map_err(anyhow::Error::msg)?,
             key: Part::parse("key", &config.key).map_err(anyhow::Error::msg)?,
@@ -286,11 +289,11 @@ impl KafkaSink {
     /// Asks the brokers for metadata every few seconds for the readiness probe: a producer with
     /// nothing to send would not notice otherwise. Ends when the returned handle is dropped.
     fn watch_brokers(&self) -> AbortOnDrop {
-        let producer = self.producer.clone();
+        let current = self.current.clone();
         let probe = self.counters.probe.clone();
         AbortOnDrop(tokio::spawn(async move {
             loop {
-                let client = producer.clone();
+                let client = current.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 let answer = tokio::task::spawn_blocking(move || {
                     client
                         .client()
@@ -465,6 +468,7 @@ impl KafkaSink {
         match self.config.create::<FutureProducer>() {
             Ok(new) => {
                 tracing::info!(sink = %self.name, "a delivery failed: producing through a new Kafka producer");
+                *self.current.lock().unwrap_or_else(|p| p.into_inner()) = new.clone();
                 let old = std::mem::replace(&mut self.producer, new);
                 tokio::task::spawn_blocking(move || {
                     old.flush(Duration::from_secs(5)).ok();
