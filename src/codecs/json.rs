@@ -78,16 +78,61 @@ pub struct JsonMapping {
 /// A mapping with its preset applied: what the codec runs with.
 #[derive(Debug, Clone)]
 pub struct Mapping {
-    items: String,
-    device: String,
-    time: Option<String>,
-    readings: String,
+    items: Pointer,
+    device: Pointer,
+    time: Option<Pointer>,
+    readings: Pointer,
     exclude: Vec<String>,
     /// `exclude` plus the device and time fields, for when the item is the readings object.
     item_exclude: Vec<String>,
-    keep: BTreeMap<String, String>,
+    keep: Vec<(String, Pointer)>,
     units: BTreeMap<String, String>,
     first_is_gateway: bool,
+}
+
+/// A JSON pointer split into its unescaped tokens once, when the mapping is resolved, so that a
+/// lookup per payload allocates nothing (`Value::pointer` unescapes each token on every call).
+/// Displays as written.
+#[derive(Debug, Clone)]
+struct Pointer {
+    text: String,
+    tokens: Vec<String>,
+}
+
+impl Pointer {
+    /// `text` is "" (the whole value) or starts with '/' (checked by [`JsonMapping::resolve`]).
+    fn new(text: String) -> Pointer {
+        let tokens = text
+            .split('/')
+            .skip(1)
+            .map(|t| t.replace("~1", "/").replace("~0", "~"))
+            .collect();
+        Pointer { text, tokens }
+    }
+
+    /// What `value.pointer(text)` finds (the same rules for array indexes: no sign, no leading zero).
+    fn get<'a>(&self, value: &'a Value) -> Option<&'a Value> {
+        self.tokens.iter().try_fold(value, |at, token| match at {
+            Value::Object(map) => map.get(token),
+            Value::Array(list) => {
+                if token.starts_with('+') || (token.starts_with('0') && token.len() > 1) {
+                    return None;
+                }
+                token.parse::<usize>().ok().and_then(|i| list.get(i))
+            }
+            _ => None,
+        })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.text.is_empty()
+    }
+}
+
+impl std::fmt::Display for Pointer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
 }
 
 /// flespi's fields about the message rather than the device's telemetry.
@@ -196,16 +241,20 @@ impl JsonMapping {
             item_exclude.push(field_name(t));
         }
         Ok(Mapping {
-            items: self.items.clone().unwrap_or_default(),
-            device,
-            time,
-            readings: self
-                .readings
-                .clone()
-                .unwrap_or_else(|| readings.to_string()),
+            items: Pointer::new(self.items.clone().unwrap_or_default()),
+            device: Pointer::new(device),
+            time: time.map(Pointer::new),
+            readings: Pointer::new(
+                self.readings
+                    .clone()
+                    .unwrap_or_else(|| readings.to_string()),
+            ),
             exclude,
             item_exclude,
-            keep,
+            keep: keep
+                .into_iter()
+                .map(|(name, p)| (name, Pointer::new(p)))
+                .collect(),
             units: self.units.clone(),
             first_is_gateway: self.first_is_gateway.unwrap_or(gateway),
         })
@@ -326,9 +375,10 @@ pub fn decode(
 ) -> Result<Vec<Item>, JsonError> {
     let root: Value =
         serde_json::from_slice(payload).map_err(|e| JsonError::NotJson(e.to_string()))?;
-    let at = root
-        .pointer(&mapping.items)
-        .ok_or_else(|| JsonError::NoItems(mapping.items.clone()))?;
+    let at = mapping
+        .items
+        .get(&root)
+        .ok_or_else(|| JsonError::NoItems(mapping.items.to_string()))?;
     let items: Vec<&Value> = match at {
         Value::Array(list) => list.iter().collect(),
         other => vec![other],
@@ -339,7 +389,7 @@ pub fn decode(
             if mapping.items.is_empty() {
                 "the payload"
             } else {
-                &mapping.items
+                &mapping.items.text
             }
         )));
     }
@@ -350,7 +400,7 @@ pub fn decode(
         if !item.is_object() {
             return Err(fail(format!("not an object but {}", type_name(item))));
         }
-        let device = match item.pointer(&mapping.device) {
+        let device = match mapping.device.get(item) {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
             Some(Value::Number(n)) => n.to_string(),
             Some(other) => {
@@ -362,7 +412,7 @@ pub fn decode(
             }
             None => return Err(fail(format!("no device id at {}", mapping.device))),
         };
-        let time = match mapping.time.as_deref().and_then(|p| item.pointer(p)) {
+        let time = match mapping.time.as_ref().and_then(|p| p.get(item)) {
             Some(v) => time_of(v).ok_or_else(|| {
                 fail(format!("the time {v} is neither RFC 3339 nor Unix seconds"))
             })?,
@@ -372,8 +422,9 @@ pub fn decode(
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
-        let source = item
-            .pointer(&mapping.readings)
+        let source = mapping
+            .readings
+            .get(item)
             .ok_or_else(|| fail(format!("no readings object at {}", mapping.readings)))?;
         if !source.is_object() {
             return Err(fail(format!(
@@ -403,7 +454,7 @@ pub fn decode(
         let kept: Map<String, Value> = mapping
             .keep
             .iter()
-            .filter_map(|(name, p)| item.pointer(p).map(|v| (name.clone(), v.clone())))
+            .filter_map(|(name, p)| p.get(item).map(|v| (name.clone(), v.clone())))
             .collect();
         if !kept.is_empty() {
             body.insert("fields".into(), Value::Object(kept));
@@ -433,6 +484,34 @@ fn type_name(v: &Value) -> &'static str {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_split_pointer_finds_what_value_pointer_finds() {
+        let doc = json!({
+            "a": { "b/c": [10, { "d~e": "x" }], "": 5 },
+            "list": [[1, 2], { "0": "zero" }],
+            "dotted.key": true
+        });
+        for p in [
+            "",
+            "/a",
+            "/a/b~1c",
+            "/a/b~1c/0",
+            "/a/b~1c/1/d~0e",
+            "/a/",
+            "/list/0/1",
+            "/list/00",
+            "/list/+1",
+            "/list/1/0",
+            "/list/2",
+            "/dotted.key",
+            "/missing",
+            "/a/b~1c/x",
+            "/list/-1",
+        ] {
+            assert_eq!(Pointer::new(p.to_string()).get(&doc), doc.pointer(p), "{p}");
+        }
+    }
 
     fn mapping(config: Value) -> Mapping {
         serde_json::from_value::<JsonMapping>(config)
