@@ -19,10 +19,14 @@ use jsonschema::Validator;
 use sensorgate::codecs::enocean::eep;
 use sensorgate::codecs::enocean::esp3::{self, StreamItem, StreamParser};
 use sensorgate::document::Document;
-use sensorgate::record::{Delivery, Kind, Origin, Record};
+use sensorgate::record::{Delivery, Kind, Origin, Reading, ReadingValue, Record, rfc3339};
 use sensorgate::sources::esp3_websocket::{aruba, rssi_of};
 use sensorgate::stages::Stage;
 use sensorgate::stages::decode::{DecodeConfig, DecodeStage};
+use sensorgate::stages::validate::{
+    self,
+    fast::{self, RecordDocument},
+};
 use serde_json::{Value, json};
 
 /// Every schema file the project ships (stems of `schemas/<stem>.schema.json`).
@@ -126,6 +130,8 @@ struct Doc {
     codec: Codec,
     kind: Kind,
     value: Value,
+    /// The record the document was made of.
+    record: Record,
 }
 
 fn doc_of(name: &str, codec: Codec, index: usize, record: &Record) -> Doc {
@@ -136,6 +142,7 @@ fn doc_of(name: &str, codec: Codec, index: usize, record: &Record) -> Doc {
         codec,
         kind: record.kind,
         value,
+        record: record.clone(),
     }
 }
 
@@ -842,33 +849,12 @@ fn edited(doc: &Value, edits: &[Edit]) -> Value {
     out
 }
 
-#[test]
-fn schemas_reject_documents_whose_shape_changed() {
-    let validators = validators();
-    let mut docs = efento_documents();
-    docs.extend(enocean_documents());
-    docs.extend(efento_dead_letters());
-    let find = |stem: &str, name: &str| -> Value {
-        let doc = docs
-            .iter()
-            .find(|d| d.name == name)
-            .unwrap_or_else(|| panic!("no document {name}"));
-        assert_eq!(
-            schema_for(doc.codec, doc.kind.as_str()),
-            Some(stem),
-            "{name}"
-        );
-        let found = errors(&validators[stem], &doc.value);
-        assert!(
-            found.is_empty(),
-            "{name} must be valid to start with: {found:?}"
-        );
-        doc.value.clone()
-    };
+/// The negative cases: changes to vector documents that their schema must reject.
+fn mutation_cases() -> Vec<Mutation> {
     let teach_in_entry = json!({"code": "TEACH_IN", "message": "Teach-in.", "data": [{"key": "teachIn", "value": true}]});
     let energy = json!({"key": "energy", "value": 56.0, "unit": "%"});
     #[rustfmt::skip]
-    let cases: Vec<Mutation> = vec![
+    let cases = vec![
         ("efento-measurements", "m06_sensor_error_codes#0", "a boolean as a string", vec![("/battery_ok", Some(json!("true")))]),
         ("efento-measurements", "m06_sensor_error_codes#0", "serial dropped", vec![("/serial", None)]),
         ("efento-measurements", "m06_sensor_error_codes#0", "kind changed", vec![("/kind", Some(json!("measurement")))]),
@@ -931,6 +917,33 @@ fn schemas_reject_documents_whose_shape_changed() {
         ("dead-letter", "efento_short_serial#0", "received_at as a number", vec![("/received_at", Some(json!(1_736_935_262_250_u64)))]),
         ("dead-letter", "efento_short_serial#0", "an errors entry without a message", vec![("/errors", Some(json!([{"instance_path": "", "schema_path": "/required"}])))]),
     ];
+    cases
+}
+
+#[test]
+fn schemas_reject_documents_whose_shape_changed() {
+    let validators = validators();
+    let mut docs = efento_documents();
+    docs.extend(enocean_documents());
+    docs.extend(efento_dead_letters());
+    let find = |stem: &str, name: &str| -> Value {
+        let doc = docs
+            .iter()
+            .find(|d| d.name == name)
+            .unwrap_or_else(|| panic!("no document {name}"));
+        assert_eq!(
+            schema_for(doc.codec, doc.kind.as_str()),
+            Some(stem),
+            "{name}"
+        );
+        let found = errors(&validators[stem], &doc.value);
+        assert!(
+            found.is_empty(),
+            "{name} must be valid to start with: {found:?}"
+        );
+        doc.value.clone()
+    };
+    let cases = mutation_cases();
     let mut per_schema: BTreeMap<&str, usize> = BTreeMap::new();
     let mut accepted = Vec::new();
     for (stem, name, why, edits) in &cases {
@@ -979,4 +992,591 @@ fn every_builtin_eep_gives_telemetry_the_schema_accepts() {
         counts.get("enocean-telemetry") >= Some(&profiles.len()),
         "{counts:?}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The validate stage's fast validator (src/stages/validate/fast.rs) against `jsonschema`: the same
+// verdict on every document, read as a `serde_json::Value` and read from the record without
+// building its document. It must never accept what `jsonschema` rejects (a record it accepts is
+// not checked again), and should not reject what it accepts (that costs a second check).
+
+/// Every published schema as the validate stage compiles it, by stem.
+fn stage_schemas() -> BTreeMap<String, validate::Schema> {
+    SCHEMAS
+        .iter()
+        .map(|stem| {
+            let path = schemas_dir().join(format!("{stem}.schema.json"));
+            let schema = validate::compile(&path).unwrap_or_else(|e| panic!("{e}"));
+            (stem.to_string(), schema)
+        })
+        .collect()
+}
+
+/// The reading a `measurements` row shows, if the row is exactly what [`Reading::to_json`] writes
+/// for some reading.
+fn reading_of(row: &Value) -> Option<Reading> {
+    let map = row.as_object()?;
+    let int = |name: &str| -> Option<Option<i64>> {
+        match map.get(name) {
+            None => Some(None),
+            Some(v) => v.as_i64().map(Some),
+        }
+    };
+    let reading = Reading {
+        channel: match map.get("channel") {
+            None => None,
+            Some(v) => Some(u32::try_from(v.as_u64()?).ok()?),
+        },
+        key: map.get("type")?.as_str()?.to_string().into(),
+        ts: map.get("ts")?.as_i64()?,
+        value: match map.get("value")? {
+            Value::Null => ReadingValue::Null,
+            Value::Number(n) if n.is_f64() => ReadingValue::Float(n.as_f64()?),
+            Value::Number(n) => ReadingValue::Int(n.as_i64()?),
+            Value::String(s) => ReadingValue::Text(s.clone().into()),
+            _ => return None,
+        },
+        unit: match map.get("unit")? {
+            Value::Null => None,
+            Value::String(s) => Some(s.clone().into()),
+            _ => return None,
+        },
+        raw: int("raw")?,
+        meta: int("meta")?,
+        error_code: int("error_code")?,
+        type_code: int("type_code")?,
+    };
+    (reading.to_json() == *row).then_some(reading)
+}
+
+/// A record whose document is `doc`, made from `template` (its origin, time and raw bytes): the
+/// envelope fields a record can carry move out of the body, `measurements` becomes typed readings
+/// when every row is a reading's; whatever cannot be carried stays in the body, where it wins over
+/// the envelope as in any document. `None` when no record shows this document.
+fn record_of_document(doc: &Value, template: &Record) -> Option<Record> {
+    let mut record = template.clone();
+    let mut body = doc.as_object()?.clone();
+    record.readings.clear();
+    record.device = None;
+    if let Some(Value::String(source)) = body.get("source") {
+        record.source = source.as_str().into();
+        body.shift_remove("source");
+    }
+    if let Some(kind) = body
+        .get("kind")
+        .and_then(|k| serde_json::from_value::<Kind>(k.clone()).ok())
+    {
+        record.kind = kind;
+        body.shift_remove("kind");
+    }
+    if let Some(Value::String(device)) = body.get("device") {
+        record.device = Some(device.clone());
+        body.shift_remove("device");
+    }
+    if body.get("received_at").and_then(Value::as_str) == Some(&rfc3339(record.received_at)) {
+        body.shift_remove("received_at");
+    }
+    if let Some(rows) = body.get("measurements").and_then(Value::as_array)
+        && let Some(readings) = rows.iter().map(reading_of).collect::<Option<Vec<_>>>()
+        && (!readings.is_empty() || record.kind == Kind::Measurements)
+    {
+        record.readings = readings;
+        body.shift_remove("measurements");
+    }
+    record.body = body;
+    (serde_json::to_value(Document(&record)).ok()? == *doc).then_some(record)
+}
+
+/// The three verdicts on one document: `jsonschema`'s, the fast validator's through the value,
+/// and through the record (when given). Returns `jsonschema`'s, or a line saying how they differ.
+fn verdicts(
+    schema: &validate::Schema,
+    doc: &Value,
+    record: Option<&Record>,
+) -> Result<bool, String> {
+    let fast = schema.fast().expect("a fast validator");
+    let expected = schema.is_valid_document(doc);
+    let by_value = fast.is_valid(doc);
+    let by_record = record.map(|r| fast.is_valid_record(r));
+    if by_value != expected || by_record.is_some_and(|v| v != expected) {
+        return Err(format!(
+            "jsonschema says {expected}, fast through the value {by_value}, through the record {by_record:?}: {doc}"
+        ));
+    }
+    Ok(expected)
+}
+
+/// A small deterministic generator (xorshift), so that a failure names a case that comes back.
+struct Random(u64);
+
+impl Random {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+}
+
+#[test]
+fn published_schemas_that_get_a_fast_validator() {
+    let fast: Vec<&str> = SCHEMAS
+        .iter()
+        .copied()
+        .filter(|stem| stage_schemas()[*stem].fast().is_some())
+        .collect();
+    // efento-config uses unevaluatedProperties, which the fast validator does not implement.
+    assert_eq!(
+        fast,
+        [
+            "efento-measurements",
+            "efento-device-info",
+            "enocean-telemetry",
+            "enocean-signal",
+            "enocean-event",
+            "enocean-stats",
+            "dead-letter",
+        ]
+    );
+}
+
+#[test]
+fn record_view_shows_exactly_the_document() {
+    let mut docs = efento_documents();
+    docs.extend(enocean_documents());
+    docs.extend(efento_dead_letters());
+    let mut with_readings = 0;
+    for doc in &docs {
+        let received_at = rfc3339(doc.record.received_at);
+        let document = RecordDocument::new(&doc.record, &received_at);
+        let shown = fast::to_value(document.view());
+        assert_eq!(shown, doc.value, "{}", doc.name);
+        // In the same order, too.
+        assert_eq!(
+            serde_json::to_string(&shown).unwrap(),
+            serde_json::to_string(&Document(&doc.record)).unwrap(),
+            "{}",
+            doc.name
+        );
+        with_readings += usize::from(!doc.record.readings.is_empty());
+    }
+    assert!(with_readings >= 5, "{with_readings} records with readings");
+}
+
+#[test]
+fn fast_verdicts_equal_jsonschema_on_every_vector_document_and_mutation() {
+    let schemas = stage_schemas();
+    let mut docs = efento_documents();
+    docs.extend(enocean_documents());
+    docs.extend(efento_dead_letters());
+    docs.extend(every_eep_documents(2).0);
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for doc in &docs {
+        let stem = schema_for(doc.codec, doc.kind.as_str()).unwrap();
+        if schemas[stem].fast().is_none() {
+            continue;
+        }
+        match verdicts(&schemas[stem], &doc.value, Some(&doc.record)) {
+            Ok(true) => checked += 1,
+            Ok(false) => failures.push(format!("{}: invalid to start with", doc.name)),
+            Err(e) => failures.push(format!("{}: {e}", doc.name)),
+        }
+    }
+    let mut through_records = 0;
+    let mut mutations = 0;
+    for (stem, name, why, edits) in mutation_cases() {
+        if schemas[stem].fast().is_none() {
+            continue;
+        }
+        let doc = docs.iter().find(|d| d.name == name).unwrap();
+        let changed = edited(&doc.value, &edits);
+        let record = record_of_document(&changed, &doc.record);
+        through_records += usize::from(record.is_some());
+        mutations += 1;
+        match verdicts(&schemas[stem], &changed, record.as_ref()) {
+            Ok(false) => {}
+            Ok(true) => failures.push(format!("{name} with {why}: accepted by jsonschema")),
+            Err(e) => failures.push(format!("{name} with {why}: {e}")),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(checked >= 300, "{checked} documents");
+    assert!(mutations >= 50, "{mutations} mutations");
+    // Most mutations are documents a record can show (the rest are checked as values only).
+    assert!(
+        through_records * 10 >= mutations * 8,
+        "{through_records} of {mutations}"
+    );
+}
+
+/// The units the Efento schema's type table names, and a few it does not.
+fn efento_units(schema: &Value) -> Vec<Option<String>> {
+    let mut units: Vec<Option<String>> = vec![None, Some("°C".into()), Some(String::new())];
+    for row in schema["$defs"]["measurement"]["anyOf"].as_array().unwrap() {
+        if let Some(unit) = row["properties"]["unit"]["const"].as_str()
+            && !units.contains(&Some(unit.to_string()))
+        {
+            units.push(Some(unit.to_string()));
+        }
+    }
+    units
+}
+
+#[test]
+fn generated_efento_records_get_the_same_verdict_both_ways() {
+    let schemas = stage_schemas();
+    let schema = &schemas["efento-measurements"];
+    let text = std::fs::read_to_string(schemas_dir().join("efento-measurements.schema.json"));
+    let json_schema: Value = serde_json::from_str(&text.unwrap()).unwrap();
+    let mut types: Vec<String> = json_schema["$defs"]["measurement"]["properties"]["type"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect();
+    types.extend(["bogus".to_string(), String::new(), "Temperature".into()]);
+    let units = efento_units(&json_schema);
+    let bases: Vec<Record> = efento_documents()
+        .into_iter()
+        .filter(|d| d.kind == Kind::Measurements)
+        .map(|d| d.record)
+        .collect();
+    assert!(bases.len() >= 5, "{} measurement records", bases.len());
+    let values = [
+        ReadingValue::Null,
+        ReadingValue::Int(0),
+        ReadingValue::Int(-1),
+        ReadingValue::Int(1),
+        ReadingValue::Int(40),
+        ReadingValue::Int(i64::MAX),
+        ReadingValue::Int(i64::MIN),
+        ReadingValue::Float(0.0),
+        ReadingValue::Float(-0.0),
+        ReadingValue::Float(-0.5),
+        ReadingValue::Float(21.5),
+        ReadingValue::Float(22.0),
+        ReadingValue::Float(1e300),
+        ReadingValue::Float(f64::NAN),
+        ReadingValue::Float(f64::INFINITY),
+        ReadingValue::Text("ok".into()),
+        ReadingValue::Text("alarm".into()),
+        ReadingValue::Text("water_detected".into()),
+        ReadingValue::Text("no_water".into()),
+        ReadingValue::Text("on".into()),
+        ReadingValue::Text("off".into()),
+        ReadingValue::Text("open".into()),
+        ReadingValue::Text("".into()),
+    ];
+    let raws = [
+        None,
+        Some(0),
+        Some(-5),
+        Some(215),
+        Some(i64::MAX),
+        Some(i64::MIN),
+    ];
+    let metas = [None, Some(0), Some(1), Some(2), Some(3), Some(4), Some(-1)];
+    let error_codes = [
+        None,
+        Some(8_355_840),
+        Some(8_388_607),
+        Some(8_355_839),
+        Some(8_388_608),
+        Some(0),
+    ];
+    let type_codes = [None, Some(1), Some(99)];
+    let channels = [None, Some(0), Some(1), Some(3), Some(u32::MAX)];
+    let stamps = [0, -1, 1_736_935_262, i64::MAX, i64::MIN];
+    let body_values = [
+        json!(null),
+        json!(true),
+        json!("true"),
+        json!(0),
+        json!(-1),
+        json!(1.5),
+        json!(7.0),
+        json!(4_294_967_295_u64),
+        json!(4_294_967_296_u64),
+        json!("282C024156AF"),
+        json!("282c024156af"),
+        json!([]),
+        json!({}),
+    ];
+    let mut random = Random(0x2545_f491_4f6c_dd1d);
+    let (mut valid, mut invalid) = (0, 0);
+    let mut failures = Vec::new();
+    for case in 0..8000 {
+        let mut record = random.pick(&bases).clone();
+        let changes = if random.below(2) == 0 {
+            1
+        } else {
+            1 + random.below(3)
+        };
+        for _ in 0..changes {
+            let n = record.readings.len();
+            let what = random.below(24);
+            if what < 14 && n > 0 {
+                let i = random.below(n);
+                let r = &mut record.readings[i];
+                match what {
+                    0 => r.key = random.pick(&types).clone().into(),
+                    1 => r.unit = random.pick(&units).clone().map(Into::into),
+                    2..=4 => r.value = random.pick(&values).clone(),
+                    5 => r.raw = *random.pick(&raws),
+                    6 => r.meta = *random.pick(&metas),
+                    7 => r.error_code = *random.pick(&error_codes),
+                    8 => r.type_code = *random.pick(&type_codes),
+                    9 => r.channel = *random.pick(&channels),
+                    10 => r.ts = *random.pick(&stamps),
+                    // A sensor error as the codec writes it: no value, no raw integer.
+                    11 => {
+                        r.value = ReadingValue::Null;
+                        r.raw = None;
+                        r.meta = None;
+                        r.error_code = Some(8_355_841);
+                    }
+                    // Another type with its own unit, the value kept.
+                    12 => {
+                        let row = random.below(40);
+                        let table = &json_schema["$defs"]["measurement"]["anyOf"][row];
+                        if let (Some(t), Some(unit)) = (
+                            table["properties"]["type"]["const"].as_str(),
+                            table["properties"]["unit"].get("const"),
+                        ) {
+                            r.key = t.to_string().into();
+                            r.unit = unit.as_str().map(|u| u.to_string().into());
+                        }
+                    }
+                    _ => {
+                        let copy = r.clone();
+                        record.readings.push(copy);
+                    }
+                }
+            } else {
+                let names: Vec<String> = record.body.keys().cloned().collect();
+                match what {
+                    14 if !names.is_empty() => {
+                        let name = random.pick(&names).clone();
+                        record.body.shift_remove(&name);
+                    }
+                    15..=17 if !names.is_empty() => {
+                        let name = random.pick(&names).clone();
+                        record.body.insert(name, random.pick(&body_values).clone());
+                    }
+                    18 => {
+                        let name = *random.pick(&[
+                            "kind",
+                            "source",
+                            "device",
+                            "received_at",
+                            "measurements",
+                            "enriched",
+                        ]);
+                        record
+                            .body
+                            .insert(name.into(), random.pick(&body_values).clone());
+                    }
+                    19 => {
+                        record.device = random
+                            .pick(&[
+                                None,
+                                Some("282C024156AF"),
+                                Some("bad"),
+                                Some("282c024156af"),
+                            ])
+                            .map(String::from)
+                    }
+                    20 => {
+                        record.kind =
+                            *random.pick(&[Kind::Measurements, Kind::Telemetry, Kind::DeviceInfo])
+                    }
+                    21 => {
+                        let secs = *random.pick(&[0_u64, 1_736_935_262, 253_402_300_800]);
+                        let millis = *random.pick(&[0_u64, 1, 999]);
+                        record.received_at =
+                            std::time::UNIX_EPOCH + Duration::from_millis(secs * 1000 + millis);
+                    }
+                    22 => record.source = random.pick(&["", "efento", "é"]).to_string().into(),
+                    _ => record.readings.truncate(random.below(n + 1)),
+                }
+            }
+        }
+        let doc = serde_json::to_value(Document(&record)).unwrap();
+        let received_at = rfc3339(record.received_at);
+        let shown = fast::to_value(RecordDocument::new(&record, &received_at).view());
+        if shown != doc {
+            failures.push(format!(
+                "case {case}: the view shows {shown}, the document is {doc}"
+            ));
+        }
+        match verdicts(schema, &doc, Some(&record)) {
+            Ok(true) => valid += 1,
+            Ok(false) => invalid += 1,
+            Err(e) => failures.push(format!("case {case}: {e}")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of 8000 cases:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    eprintln!("generated Efento records: {valid} valid, {invalid} invalid");
+    assert!(
+        valid >= 800 && invalid >= 800,
+        "{valid} valid, {invalid} invalid"
+    );
+}
+
+/// Every place in `doc` as a JSON pointer (the root excluded).
+fn pointers(doc: &Value, at: &str, out: &mut Vec<String>) {
+    match doc {
+        Value::Object(map) => {
+            for (k, v) in map {
+                let here = format!("{at}/{}", k.replace('~', "~0").replace('/', "~1"));
+                out.push(here.clone());
+                pointers(v, &here, out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                let here = format!("{at}/{i}");
+                out.push(here.clone());
+                pointers(v, &here, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `doc` with one random change at a random place: a value replaced (by one of `pool`, or a number
+/// nudged), removed, or an entry added.
+fn mutated(doc: &Value, random: &mut Random, pool: &[Value]) -> Value {
+    let mut out = doc.clone();
+    let mut places = Vec::new();
+    pointers(&out, "", &mut places);
+    if places.is_empty() {
+        return out;
+    }
+    let place = random.pick(&places).clone();
+    let (parent, last) = place.rsplit_once('/').unwrap();
+    let what = random.below(6);
+    if what == 3 {
+        match out.pointer_mut(parent).unwrap() {
+            Value::Object(map) => {
+                map.shift_remove(last);
+            }
+            Value::Array(items) => {
+                items.remove(last.parse::<usize>().unwrap());
+            }
+            _ => {}
+        }
+        return out;
+    }
+    if what == 5 {
+        if let Value::Object(map) = out.pointer_mut(parent).unwrap() {
+            map.insert("zz_extra".into(), random.pick(pool).clone());
+        }
+        return out;
+    }
+    let target = out.pointer_mut(&place).unwrap();
+    match what {
+        2 => {
+            if let Some(n) = target.as_f64() {
+                *target = json!(*random.pick(&[n + 0.5, -n, n + 1.0, n * 1e20, n]));
+                if random.below(2) == 0
+                    && let Some(i) = target.as_f64()
+                {
+                    // The same number, written as a float.
+                    *target = json!(i);
+                }
+            } else {
+                *target = random.pick(pool).clone();
+            }
+        }
+        4 => match target {
+            Value::Object(map) => {
+                map.insert("zz_extra".into(), random.pick(pool).clone());
+            }
+            Value::Array(items) => {
+                let copy = items.first().cloned().unwrap_or(json!(1));
+                items.push(copy);
+            }
+            other => *other = random.pick(pool).clone(),
+        },
+        _ => *target = random.pick(pool).clone(),
+    }
+    out
+}
+
+#[test]
+fn generated_documents_of_every_schema_get_the_same_verdict_both_ways() {
+    let schemas = stage_schemas();
+    let mut docs = enocean_documents();
+    docs.extend(every_eep_documents(2).0);
+    docs.extend(efento_documents());
+    docs.extend(efento_dead_letters());
+    let pool = [
+        json!(null),
+        json!(true),
+        json!(false),
+        json!(0),
+        json!(-1),
+        json!(1.5),
+        json!(255),
+        json!(256),
+        json!(4_294_967_296_u64),
+        json!(""),
+        json!("a5"),
+        json!("d0"),
+        json!("zz"),
+        json!("0180a1b2"),
+        json!("0x8b"),
+        json!("1736935262.250000"),
+        json!("2025-01-15T10:01:02.250Z"),
+        json!("°C"),
+        json!([]),
+        json!([{"key": "temperature", "value": 21.5, "unit": "°C"}]),
+        json!({}),
+        json!({"gateway": null, "rssi": -70}),
+    ];
+    let mut random = Random(0x9e37_79b9_7f4a_7c15);
+    let mut failures = Vec::new();
+    let mut per_schema: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    let mut through_records = 0;
+    let cases = 12_000;
+    for case in 0..cases {
+        let doc = random.pick(&docs);
+        let stem = schema_for(doc.codec, doc.kind.as_str()).unwrap();
+        if schemas[stem].fast().is_none() {
+            continue;
+        }
+        let mut changed = mutated(&doc.value, &mut random, &pool);
+        if random.below(3) == 0 {
+            changed = mutated(&changed, &mut random, &pool);
+        }
+        let record = record_of_document(&changed, &doc.record);
+        through_records += usize::from(record.is_some());
+        match verdicts(&schemas[stem], &changed, record.as_ref()) {
+            Ok(v) => {
+                let counts = per_schema.entry(stem).or_default();
+                if v { counts.0 += 1 } else { counts.1 += 1 }
+            }
+            Err(e) => failures.push(format!("case {case} ({}): {e}", doc.name)),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    eprintln!(
+        "generated documents (valid, invalid): {per_schema:?}, {through_records} through records"
+    );
+    let (valid, invalid) = per_schema["enocean-telemetry"];
+    assert!(valid >= 200 && invalid >= 1000, "{per_schema:?}");
+    assert!(through_records >= cases / 2, "{through_records}");
 }

@@ -10,6 +10,14 @@
 //!
 //! With `schemas`, a record is checked against the schema of its kind; kinds not listed pass
 //! (`unmatched = "pass"`, the default) or are rejected (`unmatched = "dead_letter"`).
+//!
+//! A schema that [`fast::FastValidator`] understands is also compiled into it: a record it accepts
+//! passes without its document being built (a view of the record is checked instead). A record it
+//! rejects, or any record of a schema it does not understand, is checked as before, by `jsonschema`
+//! on the built document, which gives the dead letter's errors and is trusted over the fast verdict
+//! (a disagreement is counted in `validate_fast_path_disagreements_total{flow}` and logged once).
+
+pub mod fast;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -78,6 +86,21 @@ impl ValidateConfig {
 pub struct Schema {
     path: Arc<str>,
     validator: jsonschema::Validator,
+    /// The same schema compiled for verdicts on a record's view, when it only uses what
+    /// [`fast`] implements.
+    fast: Option<fast::FastValidator>,
+}
+
+impl Schema {
+    /// The fast validator of the schema, if it has one (see [`fast`]).
+    pub fn fast(&self) -> Option<&fast::FastValidator> {
+        self.fast.as_ref()
+    }
+
+    /// `jsonschema`'s verdict on a built document, as the stage asks it.
+    pub fn is_valid_document(&self, document: &Value) -> bool {
+        self.validator.is_valid(document)
+    }
 }
 
 /// Reads and compiles a schema file; the error names the file and what is wrong with it.
@@ -103,6 +126,7 @@ pub fn compile(path: &Path) -> Result<Schema, String> {
     Ok(Schema {
         path: shown.into(),
         validator,
+        fast: fast::FastValidator::compile(&value),
     })
 }
 
@@ -114,6 +138,10 @@ pub struct ValidateStage {
     unmatched: Unmatched,
     passed: Counter,
     rejected: Counter,
+    /// Records the fast validator rejected and `jsonschema` accepted (a bug in [`fast`]).
+    disagreements: Counter,
+    /// Whether a disagreement was logged already (once per stage is enough to find it).
+    disagreement_logged: bool,
     scratch: Scratch,
 }
 
@@ -135,6 +163,8 @@ impl ValidateStage {
             unmatched: config.unmatched,
             passed: counter("validate_passed_total"),
             rejected: counter("validate_rejected_total"),
+            disagreements: counter("validate_fast_path_disagreements_total"),
+            disagreement_logged: false,
             scratch: Scratch::default(),
         })
     }
@@ -161,6 +191,8 @@ struct Scratch {
     envelope: Vec<(String, Value)>,
     /// Reading objects of earlier documents, refilled in place when their shape fits.
     rows: Vec<Value>,
+    /// The record's `received_at` as its document writes it, for the fast validator's view.
+    received_at: String,
 }
 
 fn set_text(slot: &mut Value, text: &str) {
@@ -332,11 +364,38 @@ impl Stage for ValidateStage {
             }
             return;
         };
+        let fast_rejected = match &schema.fast {
+            Some(fast) => {
+                let time = &mut self.scratch.received_at;
+                time.clear();
+                write_rfc3339(record.received_at, time);
+                let document = fast::RecordDocument::new(&record, time);
+                if fast.is_valid(document.view()) {
+                    self.passed.inc();
+                    out.push(record);
+                    return;
+                }
+                true
+            }
+            None => false,
+        };
         // The document as one value without copying the body: moved in, checked, moved back.
         let mut body = std::mem::take(&mut record.body);
         let added = self.scratch.add_envelope(&record, &mut body);
         let document = Value::Object(body);
         if schema.validator.is_valid(&document) {
+            if fast_rejected {
+                self.disagreements.inc();
+                if !self.disagreement_logged {
+                    self.disagreement_logged = true;
+                    tracing::warn!(
+                        flow = %self.flow,
+                        schema = %schema.path,
+                        %document,
+                        "the fast validator rejected a document that jsonschema accepts; the record passes (a bug in stages/validate/fast.rs to report with this document; logged once per stage, counted in validate_fast_path_disagreements_total)"
+                    );
+                }
+            }
             let Value::Object(mut body) = document else {
                 unreachable!("built as an object above")
             };
@@ -631,6 +690,75 @@ mod tests {
         assert_eq!(dead.body["raw_hex"], "ab");
         dead.delivery.delivered();
         assert!(matches!(watch.try_recv(), Ok(Outcome::Rejected { .. })));
+    }
+
+    #[test]
+    fn a_fast_rejection_that_jsonschema_overrules_passes_and_is_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stage = stage(dir.path(), "validate-test-disagreement");
+        assert!(
+            stage.all.as_ref().unwrap().fast.is_some(),
+            "the test schema is fast"
+        );
+        // A fast validator that rejects everything stands in for a bug in it.
+        stage.all.as_mut().unwrap().fast = fast::FastValidator::compile(&json!(false));
+        let disagreements = metrics::counter(
+            "validate_fast_path_disagreements_total",
+            &[("flow", "validate-test-disagreement")],
+        );
+        let body = json!({"temperature": 21.5});
+        for _ in 0..2 {
+            let mut out = Vec::new();
+            stage.process(record(body.clone()).0, &mut out);
+            assert_eq!(out[0].kind, Kind::Telemetry, "{:?}", out[0].body);
+            assert_eq!(Value::Object(out[0].body.clone()), body);
+        }
+        assert_eq!(disagreements.get(), 2);
+        assert!(stage.disagreement_logged);
+        // A document both reject is a dead letter, and no disagreement.
+        let mut out = Vec::new();
+        stage.process(record(json!({"temperature": 99})).0, &mut out);
+        assert_eq!(out[0].kind, Kind::DeadLetter);
+        assert_eq!(disagreements.get(), 2);
+    }
+
+    #[test]
+    fn records_the_fast_validator_accepts_pass_unchanged_and_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stage = stage(dir.path(), "validate-test-fast-pass");
+        let passed = metrics::counter(
+            "validate_passed_total",
+            &[("flow", "validate-test-fast-pass")],
+        );
+        let (mut r, _watch) = record(json!({"temperature": 21.5, "nested": {"ok": true}}));
+        r.device = Some("dev".into());
+        r.readings = vec![Reading {
+            channel: Some(1),
+            key: "temperature".into(),
+            ts: 1,
+            value: ReadingValue::Float(21.5),
+            unit: None,
+            raw: None,
+            meta: None,
+            error_code: None,
+            type_code: None,
+        }];
+        let before = r.clone();
+        assert!(
+            stage
+                .all
+                .as_ref()
+                .unwrap()
+                .fast
+                .as_ref()
+                .unwrap()
+                .is_valid_record(&r)
+        );
+        let mut out = Vec::new();
+        stage.process(r, &mut out);
+        assert_eq!(out[0].body, before.body);
+        assert_eq!(out[0].readings, before.readings);
+        assert_eq!(passed.get(), 1);
     }
 
     #[test]
