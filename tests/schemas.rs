@@ -25,7 +25,7 @@ use sensorgate::stages::Stage;
 use sensorgate::stages::decode::{DecodeConfig, DecodeStage};
 use sensorgate::stages::validate::{
     self,
-    fast::{self, RecordDocument},
+    fast::{self, RecordDocument, View},
 };
 use serde_json::{Value, json};
 
@@ -1124,6 +1124,24 @@ impl Random {
     }
 }
 
+/// The names a view's object shows, in order, with any name it shows twice.
+fn names_of<V: View>(v: V) -> Vec<String> {
+    let mut names = Vec::new();
+    v.entries(|name, _| {
+        names.push(name.to_string());
+        true
+    });
+    assert_eq!(names.len(), v.len(), "len() counts every entry: {names:?}");
+    names
+}
+
+/// The names of a record's document, in the order it is written.
+fn document_names(record: &Record) -> Vec<String> {
+    let text = serde_json::to_string(&Document(record)).unwrap();
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    doc.as_object().unwrap().keys().cloned().collect()
+}
+
 #[test]
 fn published_schemas_that_get_a_fast_validator() {
     let fast: Vec<&str> = SCHEMAS
@@ -1157,6 +1175,12 @@ fn record_view_shows_exactly_the_document() {
         let document = RecordDocument::new(&doc.record, &received_at);
         let shown = fast::to_value(document.view());
         assert_eq!(shown, doc.value, "{}", doc.name);
+        assert_eq!(
+            names_of(document.view()),
+            document_names(&doc.record),
+            "{}",
+            doc.name
+        );
         // In the same order, too.
         assert_eq!(
             serde_json::to_string(&shown).unwrap(),
@@ -1295,6 +1319,10 @@ fn generated_efento_records_get_the_same_verdict_both_ways() {
     let channels = [None, Some(0), Some(1), Some(3), Some(u32::MAX)];
     let stamps = [0, -1, 1_736_935_262, i64::MAX, i64::MIN];
     let body_values = [
+        json!("measurements"),
+        json!("telemetry"),
+        json!("efento"),
+        json!("2025-01-15T10:01:02.250Z"),
         json!(null),
         json!(true),
         json!("true"),
@@ -1410,7 +1438,15 @@ fn generated_efento_records_get_the_same_verdict_both_ways() {
         }
         let doc = serde_json::to_value(Document(&record)).unwrap();
         let received_at = rfc3339(record.received_at);
-        let shown = fast::to_value(RecordDocument::new(&record, &received_at).view());
+        let document = RecordDocument::new(&record, &received_at);
+        let shown = fast::to_value(document.view());
+        if names_of(document.view()) != document_names(&record) {
+            failures.push(format!(
+                "case {case}: the view shows the names {:?}, the document {:?}",
+                names_of(document.view()),
+                document_names(&record)
+            ));
+        }
         if shown != doc {
             failures.push(format!(
                 "case {case}: the view shows {shown}, the document is {doc}"

@@ -1130,6 +1130,11 @@ mod tests {
             json!({"minimum": 1.5}),
             json!({"maximum": 4_294_967_295_u64}),
             json!({"maximum": 9_007_199_254_740_992_u64}),
+            // Floats against integers past 2^53, where rounding to a float would tie them.
+            json!({"maximum": 9_007_199_254_740_992.0}),
+            json!({"exclusiveMinimum": 9_007_199_254_740_992.0}),
+            json!({"const": 9_007_199_254_740_992.0}),
+            json!({"enum": [18_446_744_073_709_551_615.0]}),
             json!({"exclusiveMinimum": 0}),
             json!({"exclusiveMaximum": 1}),
             json!({"exclusiveMaximum": 1.0}),
