@@ -130,7 +130,7 @@ fn find<'a>(map: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
     }
 }
 
-impl<'a> View for &'a Value {
+impl View for &Value {
     fn json_type(&self) -> JsonType {
         match self {
             Value::Null => JsonType::Null,
