@@ -405,12 +405,22 @@ impl<'a> View for RecordView<'a> {
             }
             RecordView::Json(v) => v.entries(|k, v| visit(k, RecordView::Json(v))),
             RecordView::Reading(r) => {
+                let int = |v: Option<i64>| v.map(RecordView::Int);
+                let fields = [
+                    r.channel.map(|c| RecordView::Int(i64::from(c))),
+                    Some(RecordView::Text(&r.key)),
+                    Some(RecordView::Int(r.ts)),
+                    Some(RecordView::of_value(&r.value)),
+                    Some(r.unit.as_deref().map_or(RecordView::Null, RecordView::Text)),
+                    int(r.raw),
+                    int(r.meta),
+                    int(r.error_code),
+                    int(r.type_code),
+                ];
                 READING_FIELDS
                     .iter()
-                    .all(|name| match RecordView::reading_field(r, name) {
-                        Some(v) => visit(name, v),
-                        None => true,
-                    })
+                    .zip(fields)
+                    .all(|(name, field)| field.is_none_or(|v| visit(name, v)))
             }
             _ => true,
         }
