@@ -1616,3 +1616,21 @@ fn generated_documents_of_every_schema_get_the_same_verdict_both_ways() {
     assert!(valid >= 200 && invalid >= 1000, "{per_schema:?}");
     assert!(through_records >= cases / 2, "{through_records}");
 }
+
+#[test]
+fn the_load_generators_frames_pass_the_fast_path() {
+    // What the stages bench and the load tests send: they must be accepted without a document.
+    let schemas = stage_schemas();
+    let schema = &schemas["efento-measurements"];
+    let fast = schema.fast().unwrap();
+    let mut stage = efento_stage();
+    for i in 0..50 {
+        let out = run_stage(
+            &mut stage,
+            vec![coap_record("m", sensorgate::loadgen::frame(i, i % 7))],
+        );
+        let doc = serde_json::to_value(Document(&out[0])).unwrap();
+        assert!(schema.is_valid_document(&doc), "{doc}");
+        assert!(fast.is_valid_record(&out[0]), "{doc}");
+    }
+}

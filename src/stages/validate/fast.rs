@@ -509,6 +509,8 @@ enum Check {
     Type(u8),
     Const(Value),
     Enum(Vec<Value>),
+    /// An `enum` of strings only, sorted: a value that is not a string matches none.
+    EnumText(Vec<Box<str>>),
     /// (limit, the orderings that pass): minimum = [Greater, Equal], exclusiveMaximum = [Less].
     Bound(Num, [Option<Ordering>; 2]),
     MinLength(u64),
@@ -749,7 +751,20 @@ impl<'s> Compiler<'s> {
                     checks.insert(0, Check::Type(bits));
                 }
                 "const" => checks.push(Check::Const(value.clone())),
-                "enum" => checks.push(Check::Enum(value.as_array()?.clone())),
+                "enum" => {
+                    let options = value.as_array()?;
+                    match options
+                        .iter()
+                        .map(|o| o.as_str().map(Box::<str>::from))
+                        .collect::<Option<Vec<_>>>()
+                    {
+                        Some(mut texts) => {
+                            texts.sort_unstable();
+                            checks.push(Check::EnumText(texts));
+                        }
+                        None => checks.push(Check::Enum(options.clone())),
+                    }
+                }
                 "minimum" => checks.push(Check::Bound(
                     number(value)?,
                     [Some(Ordering::Greater), Some(Ordering::Equal)],
@@ -955,6 +970,9 @@ impl FastValidator {
             }
             Check::Const(expected) => equals(v, expected),
             Check::Enum(options) => options.iter().any(|o| equals(v, o)),
+            Check::EnumText(texts) => v
+                .as_str()
+                .is_some_and(|s| texts.binary_search_by(|t| (**t).cmp(s)).is_ok()),
             Check::Bound(limit, passing) => match v.as_number() {
                 Some(n) => passing.contains(&Some(n.cmp(*limit))),
                 None => true,
@@ -1003,9 +1021,10 @@ impl FastValidator {
     fn object<V: View>(&self, o: &ObjectCheck, v: V) -> bool {
         let mut seen = 0u64;
         if o.walk {
+            let mut cursor = 0;
             let entries_valid = v.entries(|key, value| {
                 let mut named = false;
-                if let Some(i) = o.names.iter().position(|(n, _, _)| **n == *key) {
+                if let Some(i) = lookup(&o.names, key, &mut cursor) {
                     seen |= 1 << i;
                     let (_, schema, in_properties) = &o.names[i];
                     named = *in_properties;
@@ -1053,6 +1072,25 @@ impl FastValidator {
                 .iter()
                 .all(|(name, s)| v.get(name).is_none() || self.valid(*s, v))
     }
+}
+
+/// The index of `key` in `names`, searched from `cursor` on (wrapping around), which then points
+/// past the name found: documents mostly list their fields in the order their schema names them,
+/// so a walk over an object's entries finds each name at the first or second comparison.
+fn lookup(
+    names: &[(Box<str>, Option<usize>, bool)],
+    key: &str,
+    cursor: &mut usize,
+) -> Option<usize> {
+    let start = (*cursor).min(names.len());
+    let (before, after) = names.split_at(start);
+    let found = after
+        .iter()
+        .position(|(n, _, _)| **n == *key)
+        .map(|i| start + i)
+        .or_else(|| before.iter().position(|(n, _, _)| **n == *key))?;
+    *cursor = found + 1;
+    Some(found)
 }
 
 /// Length in code points, as `minLength` and `maxLength` count.
