@@ -124,7 +124,7 @@ const SCAN_LIMIT: usize = 16;
 
 fn find<'a>(map: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
     if map.len() <= SCAN_LIMIT {
-        map.iter().find(|(k, _)| k.as_str() == key).map(|(_, v)| v)
+        map.iter().find(|(k, _)| same(k, key)).map(|(_, v)| v)
     } else {
         map.get(key)
     }
@@ -468,7 +468,7 @@ fn equals<V: View>(v: V, expected: &Value) -> bool {
             (Some(a), Some(b)) => a.cmp(b) == Ordering::Equal,
             _ => false,
         },
-        Value::String(s) => v.as_str() == Some(s.as_str()),
+        Value::String(s) => v.as_str().is_some_and(|t| same(t, s)),
         Value::Array(items) => {
             v.json_type() == JsonType::Array
                 && v.len() == items.len()
@@ -499,14 +499,17 @@ const STRING: u8 = 16;
 const ARRAY: u8 = 32;
 const OBJECT: u8 = 64;
 
+/// Every `type` bit: a schema without `type`.
+const ANY: u8 = 127;
+
 enum Node {
-    /// `true`, `false`, or a schema of checks that all must hold.
+    /// `true` or `false`.
     Bool(bool),
-    Checks(Vec<Check>),
+    /// A schema: the types it allows (its `type`), and the other checks, which all must hold.
+    Checks { types: u8, checks: Vec<Check> },
 }
 
 enum Check {
-    Type(u8),
     Const(Value),
     Enum(Vec<Value>),
     /// An `enum` of strings only, sorted: a value that is not a string matches none.
@@ -691,8 +694,16 @@ impl<'s> Compiler<'s> {
         let index = self.nodes.len();
         self.nodes.push(Node::Bool(true));
         let node = self.node(schema)?;
+        // A schema that is only a `$ref` is its target: one call less per check.
+        let alias = match &node {
+            Node::Checks { types: ANY, checks } => match checks.as_slice() {
+                [Check::Ref(target)] => Some(*target),
+                _ => None,
+            },
+            _ => None,
+        };
         self.nodes[index] = node;
-        Some(index)
+        Some(alias.unwrap_or(index))
     }
 
     fn subschemas(&mut self, list: &'s Value) -> Option<Vec<usize>> {
@@ -724,6 +735,7 @@ impl<'s> Compiler<'s> {
             _ => return None,
         };
         let mut checks = Vec::new();
+        let mut types = ANY;
         let mut object = ObjectCheck::default();
         let mut has_object = false;
         let mut prefix = None;
@@ -748,7 +760,7 @@ impl<'s> Compiler<'s> {
                             .try_fold(0, |acc, n| Some(acc | bit(n.as_str()?)?))?,
                         _ => return None,
                     };
-                    checks.insert(0, Check::Type(bits));
+                    types = bits;
                 }
                 "const" => checks.push(Check::Const(value.clone())),
                 "enum" => {
@@ -908,7 +920,7 @@ impl<'s> Compiler<'s> {
                 || object.names.len() > 4;
             checks.push(Check::Object(Box::new(object)));
         }
-        Some(Node::Checks(checks))
+        Some(Node::Checks { types, checks })
     }
 }
 
@@ -946,28 +958,29 @@ impl FastValidator {
     fn valid<V: View>(&self, node: usize, v: V) -> bool {
         match &self.nodes[node] {
             Node::Bool(b) => *b,
-            Node::Checks(checks) => checks.iter().all(|c| self.check(c, v)),
+            Node::Checks { types, checks } => {
+                (*types == ANY || type_allows(*types, v)) && checks.iter().all(|c| self.check(c, v))
+            }
         }
     }
 
+    #[inline]
     fn check<V: View>(&self, check: &Check, v: V) -> bool {
         match check {
-            Check::Type(bits) => {
-                let bit = match v.json_type() {
-                    JsonType::Null => NULL,
-                    JsonType::Bool => BOOL,
-                    JsonType::Number => {
-                        if bits & NUMBER != 0 {
-                            return true;
-                        }
-                        return bits & INTEGER != 0 && v.as_number().is_some_and(Num::is_integer);
-                    }
-                    JsonType::String => STRING,
-                    JsonType::Array => ARRAY,
-                    JsonType::Object => OBJECT,
-                };
-                bits & bit != 0
-            }
+            Check::AnyOf(list) => list.iter().any(|&s| self.valid(s, v)),
+            Check::Ref(s) => self.valid(*s, v),
+            Check::Object(object) => self.object(object, v),
+            Check::AllOf(list) => list.iter().all(|&s| self.valid(s, v)),
+            Check::Not(s) => !self.valid(*s, v),
+            _ => self.leaf(check, v),
+        }
+    }
+
+    /// The checks that do not recurse (and the rare ones), out of line to keep [`Self::valid`]
+    /// small: it runs for every schema a document meets.
+    #[inline(never)]
+    fn leaf<V: View>(&self, check: &Check, v: V) -> bool {
+        match check {
             Check::Const(expected) => equals(v, expected),
             Check::Enum(options) => options.iter().any(|o| equals(v, o)),
             Check::EnumText(texts) => v
@@ -982,26 +995,11 @@ impl FastValidator {
             Check::Pattern(regex) => v.as_str().is_none_or(|s| regex.is_match(s)),
             Check::MinItems(min) => v.json_type() != JsonType::Array || v.len() as u64 >= *min,
             Check::MaxItems(max) => v.json_type() != JsonType::Array || v.len() as u64 <= *max,
-            Check::Items { prefix, rest } => {
-                if v.json_type() != JsonType::Array {
-                    return true;
-                }
-                (0..v.len()).all(|i| {
-                    let schema = prefix.get(i).copied().or(*rest);
-                    match (schema, v.item(i)) {
-                        (Some(s), Some(item)) => self.valid(s, item),
-                        _ => true,
-                    }
-                })
-            }
-            Check::Object(object) => v.json_type() != JsonType::Object || self.object(object, v),
-            Check::AllOf(list) => list.iter().all(|&s| self.valid(s, v)),
-            Check::AnyOf(list) => list.iter().any(|&s| self.valid(s, v)),
+            Check::Items { prefix, rest } => self.items(prefix, *rest, v),
             Check::OneOf(list) => {
                 let mut passing = list.iter().filter(|&&s| self.valid(s, v));
                 passing.next().is_some() && passing.next().is_none()
             }
-            Check::Not(s) => !self.valid(*s, v),
             Check::If {
                 condition,
                 then,
@@ -1014,11 +1012,33 @@ impl FastValidator {
                 };
                 branch.is_none_or(|s| self.valid(s, v))
             }
+            Check::AnyOf(list) => list.iter().any(|&s| self.valid(s, v)),
             Check::Ref(s) => self.valid(*s, v),
+            Check::Object(object) => self.object(object, v),
+            Check::AllOf(list) => list.iter().all(|&s| self.valid(s, v)),
+            Check::Not(s) => !self.valid(*s, v),
         }
     }
 
+    #[inline(never)]
+    fn items<V: View>(&self, prefix: &[usize], rest: Option<usize>, v: V) -> bool {
+        if v.json_type() != JsonType::Array {
+            return true;
+        }
+        (0..v.len()).all(|i| {
+            let schema = prefix.get(i).copied().or(rest);
+            match (schema, v.item(i)) {
+                (Some(s), Some(item)) => self.valid(s, item),
+                _ => true,
+            }
+        })
+    }
+
+    #[inline(never)]
     fn object<V: View>(&self, o: &ObjectCheck, v: V) -> bool {
+        if v.json_type() != JsonType::Object {
+            return true;
+        }
         let mut seen = 0u64;
         if o.walk {
             let mut cursor = 0;
@@ -1082,15 +1102,59 @@ fn lookup(
     key: &str,
     cursor: &mut usize,
 ) -> Option<usize> {
+    if let Some((name, _, _)) = names.get(*cursor)
+        && same(name, key)
+    {
+        *cursor += 1;
+        return Some(*cursor - 1);
+    }
     let start = (*cursor).min(names.len());
     let (before, after) = names.split_at(start);
     let found = after
         .iter()
-        .position(|(n, _, _)| **n == *key)
+        .position(|(n, _, _)| same(n, key))
         .map(|i| start + i)
-        .or_else(|| before.iter().position(|(n, _, _)| **n == *key))?;
+        .or_else(|| before.iter().position(|(n, _, _)| same(n, key)))?;
     *cursor = found + 1;
     Some(found)
+}
+
+/// Whether `type` (as bits) allows what `v` is; `integer` is a number without a fractional part.
+fn type_allows<V: View>(bits: u8, v: V) -> bool {
+    let bit = match v.json_type() {
+        JsonType::Null => NULL,
+        JsonType::Bool => BOOL,
+        JsonType::Number => {
+            return bits & NUMBER != 0
+                || bits & INTEGER != 0 && v.as_number().is_some_and(Num::is_integer);
+        }
+        JsonType::String => STRING,
+        JsonType::Array => ARRAY,
+        JsonType::Object => OBJECT,
+    };
+    bits & bit != 0
+}
+
+/// String equality without a call to `memcmp` (the names compared here are short): eight bytes at
+/// a time.
+#[inline(always)]
+fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut a8 = a.chunks_exact(8);
+    let mut b8 = b.chunks_exact(8);
+    let word = |c: &[u8]| u64::from_ne_bytes(c.try_into().unwrap_or_default());
+    for (x, y) in a8.by_ref().zip(b8.by_ref()) {
+        if word(x) != word(y) {
+            return false;
+        }
+    }
+    a8.remainder()
+        .iter()
+        .zip(b8.remainder())
+        .all(|(x, y)| x == y)
 }
 
 /// Length in code points, as `minLength` and `maxLength` count.
