@@ -198,7 +198,7 @@ impl<'a> RecordDocument<'a> {
     pub fn new(record: &'a Record, received_at: &'a str) -> Self {
         let body = &record.body;
         let (mut source, mut kind, mut device, mut time) = (true, true, true, true);
-        let readings = shows_readings(record.kind, body, &record.readings);
+        let mut readings = true;
         if body.len() <= SCAN_LIMIT {
             for name in body.keys() {
                 match name.as_str() {
@@ -206,14 +206,19 @@ impl<'a> RecordDocument<'a> {
                     "kind" => kind = false,
                     "device" => device = false,
                     "received_at" => time = false,
+                    crate::record::READINGS_FIELD => readings = false,
                     _ => {}
                 }
             }
+            // As `shows_readings` decides, without hashing the name.
+            readings &=
+                !record.readings.is_empty() || record.kind == crate::record::Kind::Measurements;
         } else {
             source = !body.contains_key("source");
             kind = !body.contains_key("kind");
             device = !body.contains_key("device");
             time = !body.contains_key("received_at");
+            readings = shows_readings(record.kind, body, &record.readings);
         }
         RecordDocument {
             record,
