@@ -15,7 +15,9 @@
 //! passes without its document being built (a view of the record is checked instead). A record it
 //! rejects, or any record of a schema it does not understand, is checked as before, by `jsonschema`
 //! on the built document, which gives the dead letter's errors and is trusted over the fast verdict
-//! (a disagreement is counted in `validate_fast_path_disagreements_total{flow}` and logged once).
+//! (a disagreement is counted in `validate_fast_path_disagreements_total{flow}` and logged once; a
+//! panic of the fast validator, a bug too, leaves the verdict to `jsonschema` and is counted in
+//! `validate_fast_path_panics_total{flow}`).
 
 pub mod fast;
 
@@ -142,6 +144,8 @@ pub struct ValidateStage {
     disagreements: Counter,
     /// Whether a disagreement was logged already (once per stage is enough to find it).
     disagreement_logged: bool,
+    /// Checks where the fast validator panicked (a bug in [`fast`]); jsonschema decided them.
+    fast_panics: Counter,
     scratch: Scratch,
 }
 
@@ -164,6 +168,7 @@ impl ValidateStage {
             passed: counter("validate_passed_total"),
             rejected: counter("validate_rejected_total"),
             disagreements: counter("validate_fast_path_disagreements_total"),
+            fast_panics: counter("validate_fast_path_panics_total"),
             disagreement_logged: false,
             scratch: Scratch::default(),
         })
@@ -370,12 +375,27 @@ impl Stage for ValidateStage {
                 time.clear();
                 write_rfc3339(record.received_at, time);
                 let document = fast::RecordDocument::new(&record, time);
-                if fast.is_valid(document.view()) {
-                    self.passed.inc();
-                    out.push(record);
-                    return;
+                // Input never takes the process down: a panic in the fast validator (a bug) leaves
+                // the verdict to jsonschema, and is counted and logged once.
+                let verdict = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    fast.is_valid(document.view())
+                }));
+                match verdict {
+                    Ok(true) => {
+                        self.passed.inc();
+                        out.push(record);
+                        return;
+                    }
+                    Ok(false) => true,
+                    Err(_) => {
+                        self.fast_panics.inc();
+                        if !self.disagreement_logged {
+                            self.disagreement_logged = true;
+                            tracing::error!(flow = %self.flow, schema = %schema.path, "the fast validator panicked; jsonschema decides (a bug in stages/validate/fast.rs; counted in validate_fast_path_panics_total)");
+                        }
+                        false
+                    }
                 }
-                true
             }
             None => false,
         };
@@ -720,6 +740,23 @@ mod tests {
         stage.process(record(json!({"temperature": 99})).0, &mut out);
         assert_eq!(out[0].kind, Kind::DeadLetter);
         assert_eq!(disagreements.get(), 2);
+    }
+
+    #[test]
+    fn a_panic_in_the_fast_validator_leaves_the_verdict_to_jsonschema() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stage = stage(dir.path(), "validate-test-fast-panic");
+        stage.all.as_mut().unwrap().fast = Some(fast::FastValidator::broken());
+        let panics = metrics::counter(
+            "validate_fast_path_panics_total",
+            &[("flow", "validate-test-fast-panic")],
+        );
+        let mut out = Vec::new();
+        stage.process(record(json!({"temperature": 21.5})).0, &mut out);
+        stage.process(record(json!({"temperature": 99})).0, &mut out);
+        assert_eq!(out[0].kind, Kind::Telemetry, "{:?}", out[0].body);
+        assert_eq!(out[1].kind, Kind::DeadLetter, "{:?}", out[1].body);
+        assert_eq!(panics.get(), 2);
     }
 
     #[test]
