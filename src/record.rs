@@ -570,10 +570,17 @@ pub type DeliveryWatch = oneshot::Receiver<Outcome>;
 impl Delivery {
     /// A token whose outcome the source waits for.
     pub fn new() -> (Delivery, DeliveryWatch) {
+        Self::with_timer(None)
+    }
+
+    fn with_timer(
+        timer: Option<(std::time::Instant, crate::metrics::Histogram)>,
+    ) -> (Delivery, DeliveryWatch) {
         let (tx, rx) = oneshot::channel();
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 tx: Some(tx),
+                timer,
                 ..State::default()
             }),
         });
@@ -589,9 +596,7 @@ impl Delivery {
     /// [`Delivery::new`], with the time from now to the outcome observed in `histogram` (a source's
     /// acknowledgement latency).
     pub fn timed(histogram: &crate::metrics::Histogram) -> (Delivery, DeliveryWatch) {
-        let (delivery, watch) = Delivery::new();
-        delivery.with_state(|s| s.timer = Some((std::time::Instant::now(), histogram.clone())));
-        (delivery, watch)
+        Self::with_timer(Some((std::time::Instant::now(), histogram.clone())))
     }
 
     /// A token nobody waits for (e.g. a non-confirmable CoAP request, or tests).
@@ -886,6 +891,18 @@ mod tests {
             readings_json(&variants).as_array().map(Vec::len),
             Some(variants.len())
         );
+    }
+
+    #[test]
+    fn a_timed_token_observes_its_latency_once_when_the_last_part_settles() {
+        let histogram = crate::metrics::Histogram::default();
+        let (d, mut rx) = Delivery::timed(&histogram);
+        let d2 = d.clone();
+        d.delivered();
+        assert_eq!(histogram.count(), 0, "one part still open");
+        d2.failed("sink down");
+        assert_eq!(histogram.count(), 1);
+        assert!(matches!(rx.try_recv(), Ok(Outcome::Failed { .. })));
     }
 
     #[test]
