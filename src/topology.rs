@@ -87,36 +87,36 @@ impl Pipeline {
         let mut sinks = Vec::new();
         for (name, sink) in &config.sinks {
             let (tx, rx) = mpsc::channel(sink.queue);
-            queue_depth_gauge(&format!("sink `{name}`"), &tx);
             let component = format!("sink `{name}`");
+            queue_depth_gauge(&component, &tx);
             let handle = match &sink.kind {
                 SinkKind::Parquet(c) => {
                     let s = ParquetSink::new(name, c)
-                        .with_context(|| format!("sink `{name}`"))?
+                        .with_context(|| component.clone())?
                         .with_probe(health.probe(&component, None));
                     spawn_component(name, &shutdown, s.run(rx))
                 }
                 SinkKind::JsonLines(c) => {
                     let s = JsonLinesSink::new(name, c)
-                        .with_context(|| format!("sink `{name}`"))?
+                        .with_context(|| component.clone())?
                         .with_probe(health.probe(&component, None));
                     spawn_component(name, &shutdown, s.run(rx))
                 }
                 SinkKind::Mqtt(c) => {
                     let s = MqttSink::new(name, c)
-                        .with_context(|| format!("sink `{name}`"))?
+                        .with_context(|| component.clone())?
                         .with_probe(health.probe(&component, Some("connecting to the broker")));
                     spawn_component(name, &shutdown, s.run(rx))
                 }
                 SinkKind::Thingworx(c) => {
                     let s = ThingworxSink::new(name, c)
-                        .with_context(|| format!("sink `{name}`"))?
+                        .with_context(|| component.clone())?
                         .with_probe(health.probe(&component, Some("checking the server")));
                     spawn_component(name, &shutdown, s.run(rx))
                 }
                 SinkKind::Kafka(c) => {
                     let s = KafkaSink::new(name, c)
-                        .with_context(|| format!("sink `{name}`"))?
+                        .with_context(|| component.clone())?
                         .with_probe(health.probe(&component, Some("connecting to the brokers")));
                     spawn_component(name, &shutdown, s.run(rx))
                 }
