@@ -268,7 +268,10 @@ async fn parquet_records_are_delivered_only_after_file_is_renamed_and_readable()
 async fn parquet_commit_failure_fails_records_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("lake");
-    let sink = ParquetSink::new("pq-failure", &config(&root)).unwrap();
+    let health = crate::health::Health::new();
+    let sink = ParquetSink::new("pq-failure", &config(&root))
+        .unwrap()
+        .with_probe(health.probe("sink `pq-failure`", None));
     let errors = metrics::counter(
         "component_errors_total",
         &[("component", "pq-failure"), ("error", "commit")],
@@ -301,6 +304,12 @@ async fn parquet_commit_failure_fails_records_and_recovers() {
     }
     let failed_commits = errors.get();
     assert!(failed_commits >= 1);
+    // Not ready while it cannot commit, with the reason.
+    let state = &health.report()[0];
+    assert!(
+        !state.up && state.detail.contains("create directory"),
+        "{state:?}"
+    );
 
     // The sink is still running; once the directory is back, new records are stored.
     fs::remove_file(&root).unwrap();
@@ -310,6 +319,7 @@ async fn parquet_commit_failure_fails_records_and_recovers() {
     assert_delivered(third_watch).await;
     assert_eq!(read_all(&root).len(), 3);
     assert_eq!(errors.get(), failed_commits);
+    assert!(health.all_up(), "{:?}", health.report());
 
     drop(tx);
     task.await.unwrap().unwrap();
